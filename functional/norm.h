@@ -1,0 +1,31 @@
+// RMSNorm and activations.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "functional/recorder.h"
+#include "functional/weights.h"
+
+namespace qvl {
+
+// Mirrors Qwen2_5_VLRMSNorm.forward (transformers 5.x; Qwen2RMSNorm in 4.x).
+//   x    [..., D]  any float dtype
+//   out  [..., D]  dtype = promote(weight.dtype, x.dtype)
+// Weights: weight [D].
+// Quirks: the variance is computed in float32 whatever the input dtype, and the normalised value is cast
+// back to the input dtype BEFORE the weight multiply (so bf16 * bf16 weight gives bf16).
+// Vision norms use eps 1e-6 (hard-coded in HF); text norms use config.rms_norm_eps.
+at::Tensor rms_norm(const Weights& w, const at::Tensor& x, double eps, Recorder* rec = nullptr);
+
+// ACT2FN[name] for the activations Qwen2.5-VL configs use: "silu", "gelu" (exact erf),
+// "gelu_pytorch_tanh", "quick_gelu", "relu". Anything else is an error naming the activation.
+at::Tensor activation(const at::Tensor& x, const std::string& name);
+
+// nn.Linear: x @ weight^T + bias, with the weight shape checked against [out, in] when given.
+//   x [..., in] -> [..., out]; reads `weight` and, if `bias` is true, `bias` (a missing bias is an error).
+at::Tensor linear(const Weights& w, const at::Tensor& x, bool bias, int64_t out_features = -1,
+                  int64_t in_features = -1);
+
+}  // namespace qvl

@@ -1,0 +1,167 @@
+#include "functional/value.h"
+
+#include <stdexcept>
+
+#include "functional/weights.h"
+
+namespace qvl {
+
+const char* kind_name(Value::Kind k) {
+  switch (k) {
+    case Value::Kind::None: return "None";
+    case Value::Kind::Tensor: return "tensor";
+    case Value::Kind::Bool: return "bool";
+    case Value::Kind::Int: return "int";
+    case Value::Kind::Float: return "float";
+    case Value::Kind::Str: return "str";
+    case Value::Kind::Tuple: return "tuple";
+    case Value::Kind::List: return "list";
+    case Value::Kind::Dict: return "dict";
+    case Value::Kind::Object: return "object";
+  }
+  return "?";
+}
+
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return "float64";
+    case at::kFloat: return "float32";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return std::string("unsupported(") + c10::toString(t) + ")";
+  }
+}
+
+Value Value::of(at::Tensor t) {
+  Value v;
+  v.kind = Kind::Tensor;
+  v.tensor = std::move(t);
+  return v;
+}
+Value Value::of_bool(bool x) {
+  Value v;
+  v.kind = Kind::Bool;
+  v.b = x;
+  return v;
+}
+Value Value::of_int(int64_t x) {
+  Value v;
+  v.kind = Kind::Int;
+  v.i = x;
+  return v;
+}
+Value Value::of_float(double x) {
+  Value v;
+  v.kind = Kind::Float;
+  v.f = x;
+  return v;
+}
+Value Value::of_str(std::string x) {
+  Value v;
+  v.kind = Kind::Str;
+  v.s = std::move(x);
+  return v;
+}
+Value Value::tuple(std::vector<Value> xs) {
+  Value v;
+  v.kind = Kind::Tuple;
+  v.items = std::move(xs);
+  return v;
+}
+Value Value::dict(std::vector<std::pair<std::string, Value>> kv, std::string type_name) {
+  Value v;
+  v.kind = Kind::Dict;
+  v.s = std::move(type_name);
+  for (auto& [k, x] : kv) {
+    v.keys.push_back(k);
+    v.items.push_back(std::move(x));
+  }
+  return v;
+}
+
+bool Value::has(const std::string& key) const {
+  if (kind != Kind::Dict) return false;
+  for (const auto& k : keys)
+    if (k == key) return true;
+  return false;
+}
+
+const Value& Value::at(const std::string& key) const {
+  if (kind != Kind::Dict) {
+    throw std::runtime_error("value: cannot look up key '" + key + "' in a " + kind_name(kind));
+  }
+  for (size_t j = 0; j < keys.size(); ++j)
+    if (keys[j] == key) return items[j];
+  std::string all;
+  for (const auto& k : keys) all += (all.empty() ? "" : ", ") + k;
+  throw std::runtime_error("value: no key '" + key + "' (keys: " + (all.empty() ? "none" : all) + ")");
+}
+
+const Value& Value::at(size_t index) const {
+  if (kind != Kind::Tuple && kind != Kind::List && kind != Kind::Dict) {
+    throw std::runtime_error("value: cannot index a " + std::string(kind_name(kind)));
+  }
+  if (index >= items.size()) {
+    throw std::runtime_error("value: index " + std::to_string(index) + " out of range for " +
+                             kind_name(kind) + " of size " + std::to_string(items.size()));
+  }
+  return items[index];
+}
+
+const at::Tensor& Value::as_tensor(const std::string& what) const {
+  if (kind != Kind::Tensor) throw std::runtime_error(what + ": expected a tensor, got " + describe());
+  return tensor;
+}
+
+int64_t Value::as_int(const std::string& what) const {
+  if (kind == Kind::Int) return i;
+  if (kind == Kind::Tensor && tensor.numel() == 1 && !tensor.is_floating_point()) return tensor.item<int64_t>();
+  throw std::runtime_error(what + ": expected an int, got " + describe());
+}
+
+double Value::as_float(const std::string& what) const {
+  if (kind == Kind::Float) return f;
+  if (kind == Kind::Int) return static_cast<double>(i);
+  if (kind == Kind::Tensor && tensor.numel() == 1) return tensor.item<double>();
+  throw std::runtime_error(what + ": expected a float, got " + describe());
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Value::tensors(const std::string& prefix) const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  if (kind == Kind::Tensor) {
+    out.emplace_back(prefix, tensor);
+    return out;
+  }
+  for (size_t j = 0; j < items.size(); ++j) {
+    std::string name = kind == Kind::Dict ? keys[j] : std::to_string(j);
+    std::string p = prefix.empty() ? name : prefix + "." + name;
+    for (auto& x : items[j].tensors(p)) out.push_back(std::move(x));
+  }
+  return out;
+}
+
+std::string Value::describe() const {
+  switch (kind) {
+    case Kind::Tensor:
+      return tensor.defined() ? "tensor " + dtype_name(tensor.scalar_type()) + " " + shape_str(tensor.sizes())
+                              : "undefined tensor";
+    case Kind::Bool: return b ? "bool True" : "bool False";
+    case Kind::Int: return "int " + std::to_string(i);
+    case Kind::Float: return "float " + std::to_string(f);
+    case Kind::Str: return "str '" + s + "'";
+    case Kind::Tuple:
+    case Kind::List:
+    case Kind::Dict: return std::string(kind_name(kind)) + "(" + std::to_string(items.size()) + ")";
+    case Kind::Object: return "object " + s;
+    case Kind::None: return "None";
+  }
+  return "?";
+}
+
+}  // namespace qvl

@@ -1,0 +1,523 @@
+#include "instrument/h5io.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+namespace qvl::h5 {
+namespace fs = std::filesystem;
+
+namespace {
+
+// HDF5 prints its own error stack by default; we report one clear line instead.
+void quiet() {
+  static bool done = [] {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    return true;
+  }();
+  (void)done;
+}
+
+void check(herr_t rc, const std::string& what) {
+  if (rc < 0) throw Error(what);
+}
+
+hid_t check_id(hid_t id, const std::string& what) {
+  if (id < 0) throw Error(what);
+  return id;
+}
+
+struct DtypeInfo {
+  const char* name;
+  at::ScalarType torch;
+  hid_t (*file_type)();
+  hid_t (*mem_type)();
+};
+
+hid_t t_f64() { return H5T_IEEE_F64LE; }
+hid_t t_f32() { return H5T_IEEE_F32LE; }
+hid_t t_u16() { return H5T_STD_U16LE; }
+hid_t t_i64() { return H5T_STD_I64LE; }
+hid_t t_i32() { return H5T_STD_I32LE; }
+hid_t t_i16() { return H5T_STD_I16LE; }
+hid_t t_i8() { return H5T_STD_I8LE; }
+hid_t t_u8() { return H5T_STD_U8LE; }
+hid_t n_f64() { return H5T_NATIVE_DOUBLE; }
+hid_t n_f32() { return H5T_NATIVE_FLOAT; }
+hid_t n_u16() { return H5T_NATIVE_UINT16; }
+hid_t n_i64() { return H5T_NATIVE_INT64; }
+hid_t n_i32() { return H5T_NATIVE_INT32; }
+hid_t n_i16() { return H5T_NATIVE_INT16; }
+hid_t n_i8() { return H5T_NATIVE_INT8; }
+hid_t n_u8() { return H5T_NATIVE_UINT8; }
+
+// The dtypes qvl reads and writes. float16 and bfloat16 travel as uint16 bits; bool as uint8.
+const std::vector<DtypeInfo>& dtypes() {
+  static const std::vector<DtypeInfo> table = {
+      {"float64", at::kDouble, t_f64, n_f64}, {"float32", at::kFloat, t_f32, n_f32},
+      {"float16", at::kHalf, t_u16, n_u16},   {"bfloat16", at::kBFloat16, t_u16, n_u16},
+      {"int64", at::kLong, t_i64, n_i64},     {"int32", at::kInt, t_i32, n_i32},
+      {"int16", at::kShort, t_i16, n_i16},    {"int8", at::kChar, t_i8, n_i8},
+      {"uint8", at::kByte, t_u8, n_u8},       {"bool", at::kBool, t_u8, n_u8},
+  };
+  return table;
+}
+
+const DtypeInfo* find_dtype(const std::string& name) {
+  for (const auto& d : dtypes())
+    if (name == d.name) return &d;
+  return nullptr;
+}
+
+std::string supported_dtypes() {
+  std::string s;
+  for (const auto& d : dtypes()) s += (s.empty() ? "" : ", ") + std::string(d.name);
+  return s;
+}
+
+// Infers the torch dtype of a dataset written without a `dtype` attribute (a foreign file).
+std::string infer_dtype(H5T_class_t cls, size_t size, H5T_sign_t sign) {
+  if (cls == H5T_FLOAT) return size == 8 ? "float64" : size == 4 ? "float32" : size == 2 ? "float16" : "";
+  if (cls == H5T_INTEGER) {
+    if (sign == H5T_SGN_NONE) return size == 1 ? "uint8" : "";
+    return size == 8 ? "int64" : size == 4 ? "int32" : size == 2 ? "int16" : size == 1 ? "int8" : "";
+  }
+  if (cls == H5T_ENUM && size == 1) return "bool";  // h5py's bool
+  return "";
+}
+
+std::string class_name(H5T_class_t c) {
+  switch (c) {
+    case H5T_INTEGER: return "integer";
+    case H5T_FLOAT: return "float";
+    case H5T_STRING: return "string";
+    case H5T_ENUM: return "enum";
+    case H5T_COMPOUND: return "compound";
+    default: return "class " + std::to_string(static_cast<int>(c));
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------------
+Handle& Handle::operator=(Handle&& o) noexcept {
+  if (this != &o) {
+    reset();
+    id_ = o.id_;
+    close_ = o.close_;
+    o.id_ = -1;
+  }
+  return *this;
+}
+
+void Handle::reset() {
+  if (id_ >= 0 && close_) close_(id_);
+  id_ = -1;
+}
+
+File open_read(const std::string& path) {
+  quiet();
+  if (!fs::exists(path)) throw Error("'" + path + "': no such file");
+  if (fs::is_directory(path)) throw Error("'" + path + "': is a directory, not an HDF5 file");
+#if H5_VERSION_GE(1, 12, 0)
+  const htri_t is_h5 = H5Fis_accessible(path.c_str(), H5P_DEFAULT);
+#else
+  const htri_t is_h5 = H5Fis_hdf5(path.c_str());
+#endif
+  if (is_h5 <= 0) {
+    throw Error("'" + path + "': not an HDF5 file, or corrupt (" + std::to_string(fs::file_size(path)) + " bytes)");
+  }
+  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (id < 0) throw Error("'" + path + "': cannot open as HDF5 (corrupt or truncated?)");
+  return File{Handle(id, H5Fclose), path};
+}
+
+File create_truncate(const std::string& path) {
+  quiet();
+  Handle fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+  H5Pset_link_creation_order(fcpl.id(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
+  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.id(), H5P_DEFAULT);
+  if (id < 0) throw Error("'" + path + "': cannot create HDF5 file");
+  return File{Handle(id, H5Fclose), path};
+}
+
+AtomicPath::AtomicPath(std::string final_path) : final_(std::move(final_path)) {
+  fs::path p(final_);
+  tmp_ = (p.parent_path() / ("." + p.filename().string() + ".tmp-" + std::to_string(::getpid()))).string();
+}
+
+AtomicPath::~AtomicPath() {
+  if (!done_) {
+    std::error_code ec;
+    fs::remove(tmp_, ec);
+  }
+}
+
+void AtomicPath::commit() {
+  std::error_code ec;
+  fs::rename(tmp_, final_, ec);
+  if (ec) throw Error("cannot rename '" + tmp_ + "' to '" + final_ + "': " + ec.message());
+  done_ = true;
+}
+
+bool exists(hid_t loc, const std::string& name) {
+  quiet();
+  return H5Lexists(loc, name.c_str(), H5P_DEFAULT) > 0;
+}
+
+// Only APIs that are the same in HDF5 1.10 (Debian 12) and 1.12+.
+bool is_group(hid_t loc, const std::string& name) {
+  hid_t o = H5Oopen(loc, name.c_str(), H5P_DEFAULT);
+  if (o < 0) return false;
+  const bool g = H5Iget_type(o) == H5I_GROUP;
+  H5Oclose(o);
+  return g;
+}
+
+std::vector<std::string> children(hid_t group) {
+  H5G_info_t info;
+  check(H5Gget_info(group, &info), "cannot list group members");
+  std::vector<std::string> names;
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    ssize_t n = H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+    check(static_cast<herr_t>(n < 0 ? -1 : 0), "cannot read a group member name");
+    std::string s(static_cast<size_t>(n) + 1, '\0');
+    H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, s.data(), s.size(), H5P_DEFAULT);
+    s.resize(static_cast<size_t>(n));
+    names.push_back(std::move(s));
+  }
+  return names;
+}
+
+Handle open_group(hid_t loc, const std::string& name, const std::string& where) {
+  if (!exists(loc, name)) throw Error(where + ": missing group '" + name + "'");
+  hid_t g = H5Gopen2(loc, name.c_str(), H5P_DEFAULT);
+  if (g < 0) throw Error(where + ": '" + name + "' is not a group");
+  return Handle(g, H5Gclose);
+}
+
+Handle make_group(hid_t loc, const std::string& name) {
+  Handle gcpl(H5Pcreate(H5P_GROUP_CREATE), H5Pclose);
+  H5Pset_link_creation_order(gcpl.id(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
+  return Handle(check_id(H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, gcpl.id(), H5P_DEFAULT),
+                         "cannot create group '" + name + "'"),
+                H5Gclose);
+}
+
+bool has_attr(hid_t obj, const std::string& name) { return H5Aexists(obj, name.c_str()) > 0; }
+
+std::string attr_str(hid_t obj, const std::string& name, const std::string& where) {
+  if (!has_attr(obj, name)) throw Error(where + ": missing attribute '" + name + "'");
+  Handle a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose);
+  Handle t(H5Aget_type(a.id()), H5Tclose);
+  if (H5Tget_class(t.id()) != H5T_STRING) {
+    throw Error(where + ": attribute '" + name + "' is not a string (" + class_name(H5Tget_class(t.id())) + ")");
+  }
+  if (H5Tis_variable_str(t.id()) > 0) {
+    Handle mt(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(mt.id(), H5T_VARIABLE);
+    H5Tset_cset(mt.id(), H5Tget_cset(t.id()));
+    char* buf = nullptr;
+    check(H5Aread(a.id(), mt.id(), &buf), where + ": cannot read attribute '" + name + "'");
+    std::string s = buf ? buf : "";
+    H5free_memory(buf);
+    return s;
+  }
+  size_t n = H5Tget_size(t.id());
+  std::string s(n, '\0');
+  Handle mt(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(mt.id(), n);
+  check(H5Aread(a.id(), mt.id(), s.data()), where + ": cannot read attribute '" + name + "'");
+  s.erase(std::find(s.begin(), s.end(), '\0'), s.end());
+  return s;
+}
+
+int64_t attr_int(hid_t obj, const std::string& name, const std::string& where) {
+  if (!has_attr(obj, name)) throw Error(where + ": missing attribute '" + name + "'");
+  Handle a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose);
+  Handle t(H5Aget_type(a.id()), H5Tclose);
+  if (H5Tget_class(t.id()) != H5T_INTEGER) throw Error(where + ": attribute '" + name + "' is not an integer");
+  int64_t v = 0;
+  check(H5Aread(a.id(), H5T_NATIVE_INT64, &v), where + ": cannot read attribute '" + name + "'");
+  return v;
+}
+
+void set_attr(hid_t obj, const std::string& name, const std::string& value) {
+  if (has_attr(obj, name)) H5Adelete(obj, name.c_str());
+  Handle t(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(t.id(), H5T_VARIABLE);
+  H5Tset_cset(t.id(), H5T_CSET_UTF8);
+  Handle s(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle a(check_id(H5Acreate2(obj, name.c_str(), t.id(), s.id(), H5P_DEFAULT, H5P_DEFAULT),
+                    "cannot create attribute '" + name + "'"),
+           H5Aclose);
+  const char* p = value.c_str();
+  check(H5Awrite(a.id(), t.id(), &p), "cannot write attribute '" + name + "'");
+}
+
+void set_attr(hid_t obj, const std::string& name, int64_t value) {
+  if (has_attr(obj, name)) H5Adelete(obj, name.c_str());
+  Handle s(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle a(check_id(H5Acreate2(obj, name.c_str(), H5T_STD_I64LE, s.id(), H5P_DEFAULT, H5P_DEFAULT),
+                    "cannot create attribute '" + name + "'"),
+           H5Aclose);
+  check(H5Awrite(a.id(), H5T_NATIVE_INT64, &value), "cannot write attribute '" + name + "'");
+}
+
+// ------------------------------------------------------------------------------------------------------
+at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& where) {
+  hid_t ds_id = H5Dopen2(loc, name.c_str(), H5P_DEFAULT);
+  if (ds_id < 0) throw Error(where + ": no dataset '" + name + "'");
+  Handle ds(ds_id, H5Dclose);
+  Handle ft(H5Dget_type(ds.id()), H5Tclose);
+  const H5T_class_t cls = H5Tget_class(ft.id());
+  const size_t size = H5Tget_size(ft.id());
+  const H5T_sign_t sign = cls == H5T_INTEGER ? H5Tget_sign(ft.id()) : H5T_SGN_NONE;
+
+  std::string dtype = has_attr(ds.id(), "dtype") ? attr_str(ds.id(), "dtype", where) : infer_dtype(cls, size, sign);
+  const DtypeInfo* info = find_dtype(dtype);
+  if (!info) {
+    throw Error(where + ": unknown dtype '" + (dtype.empty() ? class_name(cls) + std::to_string(size * 8) : dtype) +
+                "' (supported: " + supported_dtypes() + ")");
+  }
+  const size_t want = at::elementSize(info->torch);
+  const bool cls_ok = (cls == H5T_FLOAT && (dtype == "float64" || dtype == "float32" || dtype == "float16")) ||
+                      (cls == H5T_INTEGER && dtype != "float64" && dtype != "float32") ||
+                      (cls == H5T_ENUM && dtype == "bool");
+  if (!cls_ok || size != want) {
+    throw Error(where + ": dtype '" + dtype + "' does not match the stored " + class_name(cls) + " of " +
+                std::to_string(size) + " bytes (expected " + std::to_string(want) + " bytes)");
+  }
+
+  Handle space(H5Dget_space(ds.id()), H5Sclose);
+  const int nd = H5Sget_simple_extent_ndims(space.id());
+  std::vector<hsize_t> dims(std::max(nd, 0));
+  if (nd > 0) H5Sget_simple_extent_dims(space.id(), dims.data(), nullptr);
+  std::vector<int64_t> shape(dims.begin(), dims.end());
+  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(info->torch));
+  if (t.numel() == 0) return t;
+
+  // 16-bit floats written by h5py and h5py's enum bools: read the raw little-endian bytes.
+  Handle mem_copy;
+  hid_t mem = info->mem_type();
+  if ((cls == H5T_FLOAT && size == 2) || cls == H5T_ENUM) {
+    if (H5Tget_order(ft.id()) != H5T_ORDER_LE) throw Error(where + ": big-endian 16-bit data is not supported");
+    mem_copy = Handle(H5Tcopy(ft.id()), H5Tclose);
+    mem = mem_copy.id();
+  }
+  check(H5Dread(ds.id(), mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()),
+        where + ": cannot read dataset '" + name + "' (corrupt data?)");
+  if (info->torch == at::kBool) t = t.view(at::kByte).ne(0);  // any non-zero byte is true
+  return t;
+}
+
+void write_tensor(hid_t loc, const std::string& name, const at::Tensor& t_in, int gzip_level) {
+  at::Tensor t = t_in.detach().to(at::kCPU).contiguous();
+  const std::string dtype = dtype_name(t.scalar_type());
+  const DtypeInfo* info = find_dtype(dtype);
+  if (!info) throw Error("write '" + name + "': unsupported dtype " + dtype + " (supported: " + supported_dtypes() + ")");
+  std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
+  Handle space(t.dim() == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(t.dim(), dims.data(), nullptr), H5Sclose);
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  const bool nonempty = std::all_of(dims.begin(), dims.end(), [](hsize_t d) { return d > 0; });
+  if (gzip_level > 0 && t.dim() > 0 && t.numel() >= 256 && nonempty) {
+    // Chunks of whole rows, about 1 MiB each (HDF5 caps a chunk at 4 GiB).
+    std::vector<hsize_t> chunk = dims;
+    const size_t row_bytes = t.numel() / dims[0] * t.element_size();
+    chunk[0] = std::max<hsize_t>(1, std::min<hsize_t>(dims[0], (1u << 20) / std::max<size_t>(row_bytes, 1)));
+    H5Pset_chunk(dcpl.id(), t.dim(), chunk.data());
+    H5Pset_shuffle(dcpl.id());
+    H5Pset_deflate(dcpl.id(), gzip_level);
+  }
+  Handle ds(check_id(H5Dcreate2(loc, name.c_str(), info->file_type(), space.id(), H5P_DEFAULT, dcpl.id(), H5P_DEFAULT),
+                     "cannot create dataset '" + name + "'"),
+            H5Dclose);
+  if (t.numel() > 0) {
+    check(H5Dwrite(ds.id(), info->mem_type(), H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()),
+          "cannot write dataset '" + name + "'");
+  }
+  set_attr(ds.id(), "kind", std::string("tensor"));
+  set_attr(ds.id(), "dtype", dtype);
+}
+
+// ------------------------------------------------------------------------------------------------------
+Value read_value(hid_t loc, const std::string& name, const std::string& where) {
+  const std::string here = where + "/" + name;
+  if (!exists(loc, name)) throw Error(here + ": missing");
+  if (!is_group(loc, name)) {
+    Handle ds(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose);
+    std::string kind = has_attr(ds.id(), "kind") ? attr_str(ds.id(), "kind", here) : "tensor";
+    ds.reset();
+    at::Tensor t = read_tensor(loc, name, here);
+    if (kind == "tensor") return Value::of(t);
+    if (kind == "int") return Value::of_int(t.item<int64_t>());
+    if (kind == "float") return Value::of_float(t.item<double>());
+    if (kind == "bool") return Value::of_bool(t.item<int64_t>() != 0);
+    throw Error(here + ": unknown dataset kind '" + kind + "' (expected tensor, int, float or bool)");
+  }
+  Handle g = open_group(loc, name, where);
+  std::string kind = attr_str(g.id(), "kind", here);
+  if (kind == "none") return Value::none();
+  if (kind == "str") return Value::of_str(attr_str(g.id(), "value", here));
+  if (kind == "object") {
+    Value v;
+    v.kind = Value::Kind::Object;
+    v.s = has_attr(g.id(), "type") ? attr_str(g.id(), "type", here) : "";
+    return v;
+  }
+  if (kind == "tuple" || kind == "list") {
+    Value v;
+    v.kind = kind == "tuple" ? Value::Kind::Tuple : Value::Kind::List;
+    const int64_t n = attr_int(g.id(), "length", here);
+    for (int64_t i = 0; i < n; ++i) v.items.push_back(read_value(g.id(), std::to_string(i), here));
+    return v;
+  }
+  if (kind == "dict") {
+    Value v;
+    v.kind = Value::Kind::Dict;
+    v.s = has_attr(g.id(), "type") ? attr_str(g.id(), "type", here) : "";
+    nlohmann::json keys;
+    try {
+      keys = nlohmann::json::parse(attr_str(g.id(), "keys", here));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(here + ": attribute 'keys' is not JSON: " + e.what());
+    }
+    for (const auto& k : keys) {
+      std::string key = k.get<std::string>();
+      std::string link = key;
+      std::replace(link.begin(), link.end(), '/', '|');
+      v.keys.push_back(key);
+      v.items.push_back(read_value(g.id(), link, here));
+    }
+    return v;
+  }
+  throw Error(here + ": unknown group kind '" + kind + "' (expected none, str, object, tuple, list or dict)");
+}
+
+void write_value(hid_t loc, const std::string& name, const Value& v) {
+  using K = Value::Kind;
+  switch (v.kind) {
+    case K::Tensor: write_tensor(loc, name, v.tensor); return;
+    case K::Int:
+    case K::Float:
+    case K::Bool: {
+      at::Tensor t = v.kind == K::Int     ? at::scalar_tensor(v.i, at::kLong)
+                     : v.kind == K::Float ? at::scalar_tensor(v.f, at::kDouble)
+                                          : at::scalar_tensor(static_cast<int64_t>(v.b), at::kByte);
+      write_tensor(loc, name, t, 0);
+      Handle ds(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose);
+      set_attr(ds.id(), "kind", std::string(v.kind == K::Int ? "int" : v.kind == K::Float ? "float" : "bool"));
+      return;
+    }
+    default: break;
+  }
+  Handle g = make_group(loc, name);
+  switch (v.kind) {
+    case K::None: set_attr(g.id(), "kind", std::string("none")); break;
+    case K::Str:
+      set_attr(g.id(), "kind", std::string("str"));
+      set_attr(g.id(), "value", v.s);
+      break;
+    case K::Object:
+      set_attr(g.id(), "kind", std::string("object"));
+      set_attr(g.id(), "type", v.s);
+      break;
+    case K::Tuple:
+    case K::List:
+      set_attr(g.id(), "kind", std::string(v.kind == K::Tuple ? "tuple" : "list"));
+      set_attr(g.id(), "length", static_cast<int64_t>(v.items.size()));
+      for (size_t i = 0; i < v.items.size(); ++i) write_value(g.id(), std::to_string(i), v.items[i]);
+      break;
+    case K::Dict: {
+      set_attr(g.id(), "kind", std::string("dict"));
+      if (!v.s.empty()) set_attr(g.id(), "type", v.s);
+      set_attr(g.id(), "keys", nlohmann::json(v.keys).dump());
+      for (size_t i = 0; i < v.items.size(); ++i) {
+        std::string link = v.keys[i];
+        std::replace(link.begin(), link.end(), '/', '|');
+        write_value(g.id(), link, v.items[i]);
+      }
+      break;
+    }
+    default: break;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------
+WeightsFile read_weights(const std::string& path) {
+  File f = open_read(path);
+  const std::string where = "'" + path + "'";
+  if (!has_attr(f.id(), "format")) throw Error(where + ": not a qvl weights file (no 'format' attribute)");
+  const std::string format = attr_str(f.id(), "format", where);
+  if (format != "qvl.weights") {
+    throw Error(where + ": not a qvl weights file (format = '" + format + "', expected 'qvl.weights')");
+  }
+  WeightsFile out;
+  // Every string root attribute.
+  auto cb = [](hid_t loc, const char* name, const H5A_info_t*, void* data) -> herr_t {
+    Handle a(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
+    Handle t(H5Aget_type(a.id()), H5Tclose);
+    if (H5Tget_class(t.id()) == H5T_STRING) {
+      auto* m = static_cast<std::map<std::string, std::string>*>(data);
+      (*m)[name] = attr_str(loc, name, "root");
+    }
+    return 0;
+  };
+  hsize_t idx = 0;
+  H5Aiterate2(f.id(), H5_INDEX_NAME, H5_ITER_INC, &idx, cb, &out.attrs);
+  if (!out.attrs.count("config")) throw Error(where + ": missing root attribute 'config' (the HF config.json)");
+  out.config_json = out.attrs.at("config");
+
+  std::function<void(hid_t, const std::string&)> walk = [&](hid_t g, const std::string& prefix) {
+    for (const auto& name : children(g)) {
+      const std::string dotted = prefix.empty() ? name : prefix + "." + name;
+      if (is_group(g, name)) {
+        Handle sub = open_group(g, name, where);
+        walk(sub.id(), dotted);
+      } else {
+        out.weights.set(dotted, read_tensor(g, name, where + ":/" + dotted));
+      }
+    }
+  };
+  walk(f.id(), "");
+  return out;
+}
+
+WeightsWriter::WeightsWriter(const std::string& path, const std::map<std::string, std::string>& attrs,
+                             int gzip_level)
+    : out_(path), file_(create_truncate(out_.tmp())), gzip_(gzip_level) {
+  set_attr(file_.id(), "format", std::string("qvl.weights"));
+  set_attr(file_.id(), "format_version", static_cast<int64_t>(1));
+  for (const auto& [k, v] : attrs) set_attr(file_.id(), k, v);
+}
+
+void WeightsWriter::add(const std::string& dotted, const at::Tensor& t) {
+  auto parts = split_dotted(dotted);
+  std::vector<Handle> groups;
+  hid_t cur = file_.id();
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    groups.push_back(exists(cur, parts[i]) ? open_group(cur, parts[i], file_.path) : make_group(cur, parts[i]));
+    cur = groups.back().id();
+  }
+  if (exists(cur, parts.back())) throw Error("'" + file_.path + "': tensor '" + dotted + "' written twice");
+  write_tensor(cur, parts.back(), t, gzip_);
+}
+
+void WeightsWriter::commit() {
+  check(H5Fflush(file_.id(), H5F_SCOPE_GLOBAL), "'" + out_.tmp() + "': flush failed");
+  file_.h.reset();
+  out_.commit();
+}
+
+void write_weights(const std::string& path, const Weights& w, const std::map<std::string, std::string>& attrs,
+                   int gzip_level) {
+  WeightsWriter out(path, attrs, gzip_level);
+  for (const auto& [dotted, t] : w.flatten()) out.add(dotted, t);
+  out.commit();
+}
+
+}  // namespace qvl::h5

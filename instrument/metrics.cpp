@@ -1,0 +1,113 @@
+#include "instrument/metrics.h"
+
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "functional/value.h"
+#include "functional/weights.h"
+
+namespace qvl {
+namespace {
+
+std::vector<int64_t> unravel(int64_t flat, at::IntArrayRef shape) {
+  std::vector<int64_t> idx(shape.size());
+  for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
+    idx[d] = shape[d] ? flat % shape[d] : 0;
+    flat = shape[d] ? flat / shape[d] : 0;
+  }
+  return idx;
+}
+
+}  // namespace
+
+std::string format_index(const std::vector<int64_t>& idx) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < idx.size(); ++i) os << (i ? "," : "") << idx[i];
+  os << "]";
+  return os.str();
+}
+
+std::string format_worst(const Metrics& m) {
+  std::ostringstream os;
+  os << "(ours, ref):";
+  for (const auto& p : m.worst) {
+    char buf[96];
+    std::snprintf(buf, sizeof(buf), " %s (%.9g, %.9g)", format_index(p.index).c_str(), p.ours, p.ref);
+    os << buf;
+  }
+  return os.str();
+}
+
+Metrics compare(const at::Tensor& ours_in, const at::Tensor& ref_in, bool check_dtype, int n_worst) {
+  Metrics m;
+  if (!ours_in.defined() || !ref_in.defined()) {
+    m.shape_ok = false;
+    m.shape_msg = "undefined tensor";
+    return m;
+  }
+  if (ours_in.sizes() != ref_in.sizes()) {
+    m.shape_ok = false;
+    m.shape_msg = "shape mismatch: ours " + shape_str(ours_in.sizes()) + ", ref " + shape_str(ref_in.sizes());
+    return m;
+  }
+  if (check_dtype && ours_in.scalar_type() != ref_in.scalar_type()) {
+    m.shape_ok = false;
+    m.shape_msg = "dtype mismatch: ours " + dtype_name(ours_in.scalar_type()) + ", ref " + dtype_name(ref_in.scalar_type());
+    return m;
+  }
+  m.numel = ref_in.numel();
+  m.integer = !ref_in.is_floating_point() && !ref_in.is_complex();
+  at::Tensor a = ours_in.detach().to(at::kCPU).to(at::kDouble).contiguous().view(-1);
+  at::Tensor b = ref_in.detach().to(at::kCPU).to(at::kDouble).contiguous().view(-1);
+  if (m.numel == 0) return m;
+
+  at::Tensor diff = (a - b).abs();
+  // Non-finite values: equal infinities/NaNs in the same places count as agreement.
+  at::Tensor both_nan = a.isnan().logical_and(b.isnan());
+  at::Tensor same_inf = a.isinf().logical_and(b.isinf()).logical_and(a.eq(b));
+  at::Tensor agree_nonfinite = both_nan.logical_or(same_inf);
+  diff = at::where(agree_nonfinite, at::zeros_like(diff), diff);
+  diff = at::where(diff.isnan(), at::full_like(diff, INFINITY), diff);
+  at::Tensor finite = a.isfinite().logical_and(b.isfinite());
+  m.mismatches = m.integer ? diff.ne(0).sum().item<int64_t>()
+                           : a.isfinite().logical_xor(b.isfinite()).sum().item<int64_t>();
+
+  auto [top_vals, top_idx] = at::topk(diff, std::min<int64_t>(n_worst, m.numel));
+  m.max_abs = top_vals[0].item<double>();
+  for (int64_t i = 0; i < top_idx.numel(); ++i) {
+    const int64_t flat = top_idx[i].item<int64_t>();
+    m.worst.push_back({unravel(flat, ref_in.sizes()), a[flat].item<double>(), b[flat].item<double>()});
+  }
+  m.worst_index = m.worst.front().index;
+
+  at::Tensor af = at::where(finite, a, at::zeros_like(a));
+  at::Tensor bf = at::where(finite, b, at::zeros_like(b));
+  const double ref_scale = bf.abs().max().item<double>();
+  m.max_rel = m.max_abs == 0 ? 0.0 : (ref_scale > 0 ? m.max_abs / ref_scale : INFINITY);
+  const double sq_err = (af - bf).pow(2).sum().item<double>();
+  const double sq_ref = bf.pow(2).sum().item<double>();
+  const double sq_ours = af.pow(2).sum().item<double>();
+  m.rmse = std::sqrt(sq_err / static_cast<double>(m.numel));
+  m.nmse = sq_ref > 0 ? sq_err / sq_ref : (sq_err == 0 ? 0.0 : INFINITY);
+  m.cosine = (sq_ref > 0 && sq_ours > 0) ? (af * bf).sum().item<double>() / std::sqrt(sq_ref * sq_ours)
+                                         : (sq_err == 0 ? 1.0 : 0.0);
+  at::Tensor ac = af - af.mean(), bc = bf - bf.mean();
+  const double va = ac.pow(2).sum().item<double>(), vb = bc.pow(2).sum().item<double>();
+  m.pearson = (va > 0 && vb > 0) ? (ac * bc).sum().item<double>() / std::sqrt(va * vb) : (sq_err == 0 ? 1.0 : 0.0);
+
+  // Per-row cosine over the last dimension (a "row" is one token / patch for activations).
+  const int64_t last = ref_in.dim() > 0 ? ref_in.size(-1) : 1;
+  if (last > 0) {
+    at::Tensor ar = af.view({-1, last}), br = bf.view({-1, last});
+    at::Tensor na = ar.pow(2).sum(1), nb = br.pow(2).sum(1), dot = (ar * br).sum(1);
+    at::Tensor row_err = (ar - br).pow(2).sum(1);
+    at::Tensor cos = at::where(na.gt(0).logical_and(nb.gt(0)), dot / (na * nb).sqrt(),
+                               at::where(row_err.eq(0), at::ones_like(dot), at::zeros_like(dot)));
+    m.min_row_cos = cos.min().item<double>();
+  }
+  return m;
+}
+
+}  // namespace qvl

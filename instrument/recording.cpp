@@ -1,0 +1,152 @@
+#include "instrument/recording.h"
+
+#include <nlohmann/json.hpp>
+
+namespace qvl {
+
+const Value& RecordedCall::input(const std::string& name, int pos) const {
+  if (inputs.has(name)) return inputs.at(name);
+  const std::string arg = "arg" + std::to_string(pos);
+  if (pos >= 0 && inputs.has(arg)) return inputs.at(arg);
+  std::string all;
+  for (const auto& k : inputs.keys) all += (all.empty() ? "" : ", ") + k;
+  throw std::runtime_error("call " + header.group + " (" + header.module_path + "): no input '" + name + "'" +
+                           (pos >= 0 ? " or '" + arg + "'" : "") + " (inputs: " + all + ")");
+}
+
+const Value& RecordedCall::output(int index) const {
+  const std::string key = index < 0 ? "out" : "out" + std::to_string(index);
+  if (!outputs.has(key)) {
+    std::string all;
+    for (const auto& k : outputs.keys) all += (all.empty() ? "" : ", ") + k;
+    throw std::runtime_error("call " + header.group + " (" + header.module_path + "): no output '" + key +
+                             "' (outputs: " + all + ")");
+  }
+  return outputs.at(key);
+}
+
+Recording Recording::open(const std::string& path) {
+  Recording r;
+  r.path_ = path;
+  r.file_ = std::make_shared<h5::File>(h5::open_read(path));
+  const hid_t f = r.file_->id();
+  const std::string where = "'" + path + "'";
+  if (!h5::has_attr(f, "format")) throw h5::Error(where + ": not a qvl recording (no 'format' attribute)");
+  const std::string format = h5::attr_str(f, "format", where);
+  if (format != "qvl.recording") {
+    throw h5::Error(where + ": not a qvl recording (format = '" + format + "', expected 'qvl.recording')");
+  }
+  for (const char* name : {"producer", "dtype", "config", "scenario", "torch_version", "attn_implementation",
+                           "device", "platform"}) {
+    if (h5::has_attr(f, name)) r.attrs_[name] = h5::attr_str(f, name, where);
+  }
+  r.attrs_["format"] = format;
+  if (!r.attrs_.count("dtype")) throw h5::Error(where + ": missing root attribute 'dtype'");
+  h5::Handle calls = h5::open_group(f, "calls", where);
+  for (const auto& name : h5::children(calls.id())) {
+    h5::Handle g = h5::open_group(calls.id(), name, where + ":/calls");
+    const std::string here = where + ":/calls/" + name;
+    CallHeader h;
+    h.group = name;
+    h.seq = static_cast<int64_t>(r.headers_.size());
+    h.module_path = h5::attr_str(g.id(), "module_path", here);
+    h.module_class = h5::attr_str(g.id(), "module_class", here);
+    h.call_index = h5::attr_int(g.id(), "call_index", here);
+    h.parent = h5::attr_int(g.id(), "parent", here);
+    h.settings = h5::has_attr(g.id(), "settings") ? h5::attr_str(g.id(), "settings", here) : "{}";
+    r.headers_.push_back(std::move(h));
+  }
+  return r;
+}
+
+const std::string& Recording::attr(const std::string& name) const {
+  auto it = attrs_.find(name);
+  if (it == attrs_.end()) throw h5::Error("'" + path_ + "': missing root attribute '" + name + "'");
+  return it->second;
+}
+
+RecordedCall Recording::load(size_t index) const {
+  if (index >= headers_.size()) {
+    throw h5::Error("'" + path_ + "': call " + std::to_string(index) + " out of range (" +
+                    std::to_string(headers_.size()) + " calls)");
+  }
+  RecordedCall c;
+  c.header = headers_[index];
+  const std::string where = "'" + path_ + "':/calls";
+  h5::Handle calls = h5::open_group(file_->id(), "calls", "'" + path_ + "'");
+  h5::Handle g = h5::open_group(calls.id(), c.header.group, where);
+  const std::string here = where + "/" + c.header.group;
+  c.inputs = h5::read_value(g.id(), "inputs", here);
+  c.outputs = h5::exists(g.id(), "outputs") ? h5::read_value(g.id(), "outputs", here) : Value::dict({});
+  c.outputs_fp32 = h5::exists(g.id(), "outputs_fp32") ? h5::read_value(g.id(), "outputs_fp32", here) : Value::none();
+  return c;
+}
+
+// ------------------------------------------------------------------------------------------------------
+RecordingWriter::RecordingWriter(std::string path, std::map<std::string, std::string> root_attrs)
+    : path_(std::move(path)), root_attrs_(std::move(root_attrs)) {}
+
+int64_t RecordingWriter::begin(const std::string& module_path, const std::string& module_class,
+                               const Value& inputs, const std::string& settings_json) {
+  Pending p;
+  p.header.seq = static_cast<int64_t>(calls_.size());
+  p.header.module_path = module_path;
+  p.header.module_class = module_class;
+  p.header.call_index = counts_[module_path]++;
+  p.header.parent = stack_.empty() ? -1 : stack_.back();
+  p.header.settings = settings_json;
+  // Detach and copy: the caller may reuse its buffers after the call.
+  p.inputs = inputs;
+  for (auto& t : p.inputs.items)
+    if (t.is_tensor()) t.tensor = t.tensor.detach().clone();
+  calls_.push_back(std::move(p));
+  stack_.push_back(calls_.back().header.seq);
+  return calls_.back().header.seq;
+}
+
+void RecordingWriter::end(int64_t handle, const Value& outputs) {
+  if (stack_.empty() || stack_.back() != handle) {
+    throw std::runtime_error("recorder: end(" + std::to_string(handle) + ") out of order");
+  }
+  stack_.pop_back();
+  calls_[handle].outputs = outputs;
+  calls_[handle].ended = true;
+}
+
+void RecordingWriter::close() {
+  if (closed_) return;
+  h5::AtomicPath out(path_);
+  {
+    h5::File f = h5::create_truncate(out.tmp());
+    h5::set_attr(f.id(), "format", std::string("qvl.recording"));
+    h5::set_attr(f.id(), "format_version", static_cast<int64_t>(1));
+    for (const auto& [k, v] : root_attrs_) h5::set_attr(f.id(), k, v);
+    h5::Handle calls = h5::make_group(f.id(), "calls");
+    for (const auto& p : calls_) {
+      char name[16];
+      std::snprintf(name, sizeof(name), "%06lld", static_cast<long long>(p.header.seq));
+      h5::Handle g = h5::make_group(calls.id(), name);
+      h5::set_attr(g.id(), "module_path", p.header.module_path);
+      h5::set_attr(g.id(), "module_class", p.header.module_class);
+      h5::set_attr(g.id(), "call_index", p.header.call_index);
+      h5::set_attr(g.id(), "parent", p.header.parent);
+      h5::set_attr(g.id(), "settings", p.header.settings);
+      h5::write_value(g.id(), "inputs", p.inputs);
+      if (p.ended) {
+        Value outs = p.outputs.kind == Value::Kind::Tuple
+                         ? [&] {
+                             std::vector<std::pair<std::string, Value>> kv;
+                             for (size_t i = 0; i < p.outputs.items.size(); ++i)
+                               kv.emplace_back("out" + std::to_string(i), p.outputs.items[i]);
+                             return Value::dict(std::move(kv));
+                           }()
+                         : Value::dict({{"out", p.outputs}});
+        h5::write_value(g.id(), "outputs", outs);
+      }
+    }
+  }
+  out.commit();
+  closed_ = true;
+}
+
+}  // namespace qvl

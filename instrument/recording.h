@@ -1,0 +1,79 @@
+// The qvl.recording file (DESIGN.md §3): every call of every recorded module, in execution order.
+// The reader loads call headers eagerly and tensors on demand; the writer is the C++ Recorder.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "functional/recorder.h"
+#include "instrument/h5io.h"
+
+namespace qvl {
+
+struct CallHeader {
+  int64_t seq = 0;
+  std::string group;         // "000012"
+  std::string module_path;   // "model.visual.blocks.3.attn", or "<parent>.<function>" for free functions
+  std::string module_class;  // "Qwen2_5_VLVisionAttention", or the function name
+  int64_t call_index = 0;    // n-th call of this path
+  int64_t parent = -1;       // seq of the enclosing call
+  std::string settings;      // JSON text
+};
+
+struct RecordedCall {
+  CallHeader header;
+  Value inputs;        // Dict: "arg0".. and keyword names
+  Value outputs;       // Dict: "out" or "out0", "out1", ...
+  Value outputs_fp32;  // Dict like outputs (bf16 recordings only), else None
+
+  // A named input: the keyword `name` if present, else positional "arg<pos>"; error lists what exists.
+  const Value& input(const std::string& name, int pos = -1) const;
+  // The single output tensor ("out"), or out<i>.
+  const Value& output(int index = -1) const;
+};
+
+class Recording {
+ public:
+  static Recording open(const std::string& path);  // errors name the file and what is wrong
+
+  const std::string& path() const { return path_; }
+  const std::string& attr(const std::string& name) const;  // string root attrs (format, producer, dtype, config...)
+  bool has_attr(const std::string& name) const { return attrs_.count(name) > 0; }
+  const std::vector<CallHeader>& calls() const { return headers_; }
+  RecordedCall load(size_t index) const;
+
+ private:
+  std::string path_;
+  std::shared_ptr<h5::File> file_;
+  std::map<std::string, std::string> attrs_;
+  std::vector<CallHeader> headers_;
+};
+
+// Writes the same schema from C++ functional calls (producer "qvl <version>"). Calls are numbered in
+// begin() order (pre-order), so parents precede children, exactly as the Python recorder does.
+class RecordingWriter : public Recorder {
+ public:
+  RecordingWriter(std::string path, std::map<std::string, std::string> root_attrs);
+  int64_t begin(const std::string& module_path, const std::string& module_class, const Value& inputs,
+                const std::string& settings_json) override;
+  void end(int64_t handle, const Value& outputs) override;
+  void close();  // writes the file atomically; also called by the destructor only if no error occurred
+  size_t size() const { return calls_.size(); }
+
+ private:
+  struct Pending {
+    CallHeader header;
+    Value inputs, outputs;
+    bool ended = false;
+  };
+  std::string path_;
+  std::map<std::string, std::string> root_attrs_;
+  std::vector<Pending> calls_;
+  std::vector<int64_t> stack_;
+  std::map<std::string, int64_t> counts_;
+  bool closed_ = false;
+};
+
+}  // namespace qvl

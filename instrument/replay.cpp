@@ -1,0 +1,162 @@
+#include "instrument/replay.h"
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "functional/mlp.h"
+#include "functional/norm.h"
+#include "functional/vision.h"
+
+namespace qvl {
+
+const char* status_name(CallResult::Status s) {
+  switch (s) {
+    case CallResult::Status::Pass: return "PASS";
+    case CallResult::Status::Fail: return "FAIL";
+    case CallResult::Status::NoFunction: return "no function yet";
+    case CallResult::Status::Error: return "ERROR";
+  }
+  return "?";
+}
+
+Value as_outputs(const Value& v) {
+  if (v.kind == Value::Kind::Tuple) {
+    std::vector<std::pair<std::string, Value>> kv;
+    for (size_t i = 0; i < v.items.size(); ++i) kv.emplace_back("out" + std::to_string(i), v.items[i]);
+    return Value::dict(std::move(kv));
+  }
+  return Value::dict({{"out", v}});
+}
+
+namespace {
+
+bool is_vision_path(const std::string& path) {
+  return path.rfind("model.visual", 0) == 0 || path.rfind("visual", 0) == 0;
+}
+
+// RMSNorm eps comes from the config (vision: hard-coded 1e-6; text: rms_norm_eps), never from the
+// recording; the recorded eps is only cross-checked, so a config-parsing bug cannot hide.
+double norm_eps(const RecordedCall& call, const ModelConfig& cfg) {
+  const double eps = is_vision_path(call.header.module_path) ? cfg.vision.rms_norm_eps : cfg.text.rms_norm_eps;
+  auto s = nlohmann::json::parse(call.header.settings, nullptr, false);
+  if (s.is_object() && s.contains("eps")) {
+    const double rec_eps = s["eps"].get<double>();
+    if (std::abs(rec_eps - eps) > 1e-12 * std::max(1.0, std::abs(eps))) {
+      throw std::runtime_error("RMSNorm eps: the config gives " + std::to_string(eps) +
+                               " but the recorded module used " + std::to_string(rec_eps));
+    }
+  }
+  return eps;
+}
+
+}  // namespace
+
+Registry Registry::defaults() {
+  Registry r;
+  r.set("Qwen2_5_VLRMSNorm", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    return Value::of(rms_norm(w, c.input("hidden_states", 0).as_tensor("hidden_states"), norm_eps(c, cfg)));
+  });
+  r.set("Qwen2_5_VLMLP", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    return Value::of(vision::mlp(w, c.input("hidden_state", 0).as_tensor("hidden_state"), cfg.vision));
+  });
+  r.set("Qwen2MLP", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    return Value::of(text::mlp(w, c.input("x", 0).as_tensor("x"), cfg.text));
+  });
+  r.set("Qwen2_5_VisionPatchEmbed", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    return Value::of(vision::patch_embed(w, c.input("hidden_states", 0).as_tensor("hidden_states"), cfg.vision));
+  });
+  r.set("Qwen2_5_VLPatchMerger", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    return Value::of(vision::patch_merger(w, c.input("x", 0).as_tensor("x"), cfg.vision));
+  });
+  return r;
+}
+
+const ReplayFn* Registry::find(const std::string& module_class) const {
+  auto it = fns_.find(module_class);
+  return it == fns_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> Registry::classes() const {
+  std::vector<std::string> out;
+  for (const auto& [k, _] : fns_) out.push_back(k);
+  return out;
+}
+
+Weights cast_floating(const Weights& w, at::ScalarType dtype) {
+  Weights out;
+  for (const auto& [k, t] : w.flatten()) out.set(k, t.is_floating_point() ? t.to(dtype) : t);
+  return out;
+}
+
+CallResult replay_call(const Recording& rec, size_t index, const Weights& root, const ModelConfig& cfg,
+                       const Registry& reg) {
+  CallResult r;
+  r.header = rec.calls().at(index);
+  const ReplayFn* fn = reg.find(r.header.module_class);
+  if (!fn) {
+    r.status = CallResult::Status::NoFunction;
+    return r;
+  }
+  const bool bf16 = rec.attr("dtype") == "bfloat16";
+  try {
+    RecordedCall call = rec.load(index);
+    const bool is_function = nlohmann::json::parse(call.header.settings, nullptr, false).value("kind", "") == "function";
+    Weights w = is_function ? Weights() : root.at(call.header.module_path);
+    Value ours = as_outputs((*fn)(call, w, cfg));
+    std::map<std::string, at::Tensor> ours_by_name, fp32_by_name;
+    for (auto& [n, t] : ours.tensors()) ours_by_name[n] = t;
+    if (!call.outputs_fp32.is_none())
+      for (auto& [n, t] : call.outputs_fp32.tensors()) fp32_by_name[n] = t;
+
+    const Threshold& th = threshold_for(rec.attr("dtype"), r.header.module_class);
+    r.status = CallResult::Status::Pass;
+    for (const auto& [name, ref] : call.outputs.tensors()) {
+      TensorCheck tc;
+      tc.name = name;
+      auto it = ours_by_name.find(name);
+      if (it == ours_by_name.end()) {
+        tc.vs_ref.shape_ok = false;
+        tc.vs_ref.shape_msg = "our function returned no output '" + name + "'";
+        tc.verdict = {false, tc.vs_ref.shape_msg};
+      } else {
+        tc.vs_ref = compare(it->second, ref);
+        if (!tc.vs_ref.shape_ok) {
+          tc.verdict = {false, tc.vs_ref.shape_msg};
+        } else if (!ref.is_floating_point()) {
+          tc.verdict = judge_exact(tc.vs_ref);
+        } else if (bf16) {
+          auto f = fp32_by_name.find(name);
+          if (f == fp32_by_name.end()) {
+            tc.verdict = {false, "the bf16 recording has no outputs_fp32 '" + name + "': cannot judge bf16 error"};
+          } else {
+            tc.bf16_rule = true;
+            // Against the float32 module the dtypes differ by design; the dtype itself is checked above.
+            tc.ours_vs_fp32 = compare(it->second, f->second, /*check_dtype=*/false);
+            tc.hf_vs_fp32 = compare(ref, f->second, /*check_dtype=*/false);
+            tc.verdict = judge_bf16(tc.ours_vs_fp32, tc.hf_vs_fp32, th);
+          }
+        } else {
+          tc.verdict = judge_fp32(tc.vs_ref, th);
+        }
+      }
+      if (!tc.verdict.pass && r.status == CallResult::Status::Pass) {
+        r.status = CallResult::Status::Fail;
+        r.error = name + ": " + tc.verdict.why;
+      }
+      r.tensors.push_back(std::move(tc));
+    }
+    if (r.tensors.empty()) {
+      r.status = CallResult::Status::Error;
+      r.error = "the recording holds no output tensor for this call";
+    }
+  } catch (const c10::Error& e) {
+    r.status = CallResult::Status::Error;
+    r.error = e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    r.status = CallResult::Status::Error;
+    r.error = e.what();
+  }
+  return r;
+}
+
+}  // namespace qvl

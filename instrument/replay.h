@@ -1,0 +1,63 @@
+// Isolated replay (DESIGN.md §6.1): feed each recorded call's inputs to the matching functional/ function
+// and judge its outputs against the recording with the thresholds table. A Registry maps a recorded
+// module class (or free-function name) to a replay function; tests and researchers can swap entries to
+// plant a bug or try a modified module.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "functional/config.h"
+#include "functional/weights.h"
+#include "instrument/metrics.h"
+#include "instrument/recording.h"
+#include "instrument/thresholds.h"
+
+namespace qvl {
+
+// `w` is the weights sub-tree at the call's module path (empty for free functions).
+using ReplayFn = std::function<Value(const RecordedCall& call, const Weights& w, const ModelConfig& cfg)>;
+
+class Registry {
+ public:
+  static Registry defaults();  // every module that has a functional/ implementation
+  void set(const std::string& module_class, ReplayFn fn) { fns_[module_class] = std::move(fn); }
+  const ReplayFn* find(const std::string& module_class) const;
+  std::vector<std::string> classes() const;
+
+ private:
+  std::map<std::string, ReplayFn> fns_;
+};
+
+struct TensorCheck {
+  std::string name;           // "out", "out0", "out.last_hidden_state"
+  Metrics vs_ref;             // ours vs the recorded (HF) output
+  bool bf16_rule = false;     // judged by the bf16 ratio rule
+  Metrics ours_vs_fp32;       // bf16 only
+  Metrics hf_vs_fp32;         // bf16 only
+  Judgement verdict;
+};
+
+struct CallResult {
+  enum class Status { Pass, Fail, NoFunction, Error };
+  CallHeader header;
+  Status status = Status::NoFunction;
+  std::vector<TensorCheck> tensors;
+  std::string error;  // Error: what went wrong; Fail: the first failing tensor's reason
+};
+
+const char* status_name(CallResult::Status s);
+
+// Outputs of a function as the recording stores them: a tuple becomes {out0, out1, ...}, else {out}.
+Value as_outputs(const Value& v);
+
+// A copy of the tree with every floating tensor cast to `dtype`: what from_pretrained(dtype=...) does to
+// a checkpoint, so a bf16 recording is replayed with the same bf16 weights HF used.
+Weights cast_floating(const Weights& w, at::ScalarType dtype);
+
+CallResult replay_call(const Recording& rec, size_t index, const Weights& root, const ModelConfig& cfg,
+                       const Registry& reg);
+
+}  // namespace qvl
