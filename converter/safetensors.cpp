@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -180,6 +181,42 @@ at::Tensor SafetensorsFile::read(const std::string& name) const {
   }
   if (e.scalar_type == at::kBool) t = t.view(at::kByte).ne(0);
   return t;
+}
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  std::vector<at::Tensor> data;
+  for (const auto& [name, t_in] : tensors) {
+    at::Tensor t = t_in.detach().to(at::kCPU).contiguous();
+    const uint64_t n = t.nbytes();
+    header[name] = {{"dtype", safetensors_dtype_name(t.scalar_type())},
+                    {"shape", t.sizes().vec()},
+                    {"data_offsets", {offset, offset + n}}};
+    offset += n;
+    data.push_back(t);
+  }
+  std::string h = header.dump();
+  while ((8 + h.size()) % 8) h += ' ';  // align the data area to 8 bytes, as the reference writer does
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw std::runtime_error("'" + tmp + "': cannot create");
+  bool ok = true;
+  uint8_t len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(h.size()) >> (8 * i));
+  ok &= std::fwrite(len, 1, 8, f) == 8;
+  ok &= std::fwrite(h.data(), 1, h.size(), f) == h.size();
+  for (const auto& t : data) {
+    at::Tensor bytes = t.scalar_type() == at::kBool ? t.to(at::kByte) : t;
+    ok &= std::fwrite(bytes.data_ptr(), 1, bytes.nbytes(), f) == bytes.nbytes();
+  }
+  ok &= std::fclose(f) == 0;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw std::runtime_error("'" + path + "': write failed");
+  }
 }
 
 }  // namespace qvl

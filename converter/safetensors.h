@@ -46,6 +46,10 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+// Writes tensors (in the given order) to a .safetensors file, atomically (temporary file + rename).
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
 // safetensors dtype string <-> torch dtype; FP8 and unknown dtypes are errors naming the dtype.
 at::ScalarType safetensors_dtype(const std::string& dtype, const std::string& where);
 std::string safetensors_dtype_name(at::ScalarType t);

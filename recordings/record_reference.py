@@ -510,6 +510,14 @@ def write_recording(path: str, calls: list[Call], root_attrs: dict) -> None:
         raise
 
 
+def config_json(config) -> str:
+    """The full config as JSON, without fields that depend on where the checkpoint sits on disk."""
+    d = config.to_dict()
+    for k in ("_name_or_path", "transformers_version"):
+        d.pop(k, None)
+    return json.dumps(d, sort_keys=True)
+
+
 def cmd_record(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -592,7 +600,7 @@ def cmd_record(args: argparse.Namespace) -> None:
         "device": "cpu",
         "seed": args.seed,
         "num_threads": 1,
-        "config": config.to_json_string(use_diff=False),
+        "config": config_json(config),
         "scenario": json.dumps(scenario),
         "model_dir": os.path.basename(os.path.normpath(args.model)),
     }

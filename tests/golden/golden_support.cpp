@@ -1,0 +1,63 @@
+#include "tests/golden/golden_support.h"
+
+#include <filesystem>
+#include <sstream>
+
+#include "tests/support/test_support.h"
+
+namespace qvl::testing {
+namespace fs = std::filesystem;
+
+std::vector<std::string> recording_files() {
+  std::vector<std::string> out;
+  const fs::path dir = data_path("recordings");
+  if (!fs::is_directory(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".h5") out.push_back(e.path().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+const GoldenModel& model_for(const Recording& rec) {
+  static std::map<std::string, GoldenModel> cache;
+  auto it = cache.find(rec.path());
+  if (it != cache.end()) return it->second;
+  h5::File f = h5::open_read(rec.path());
+  const std::string model_dir = h5::attr_str(f.id(), "model_dir", rec.path());
+  GoldenModel m;
+  m.weights = load_weights_any(data_path("weights/" + model_dir + ".h5"), &m.config);
+  const std::string dtype = rec.attr("dtype");
+  if (dtype == "bfloat16") m.weights = cast_floating(m.weights, at::kBFloat16);
+  return cache.emplace(rec.path(), std::move(m)).first->second;
+}
+
+std::vector<CallResult> replay_all(const Recording& rec, const Registry& reg, const std::string& only_class) {
+  const GoldenModel& m = model_for(rec);
+  std::vector<CallResult> out;
+  for (size_t i = 0; i < rec.calls().size(); ++i) {
+    if (!only_class.empty() && rec.calls()[i].module_class != only_class) continue;
+    if (!reg.find(rec.calls()[i].module_class)) continue;
+    out.push_back(replay_call(rec, i, m.weights, m.config, reg));
+  }
+  return out;
+}
+
+std::string describe(const CallResult& r) {
+  std::ostringstream os;
+  os << r.header.group << " " << r.header.module_path << " (" << r.header.module_class << " #"
+     << r.header.call_index << "): " << status_name(r.status);
+  if (!r.error.empty()) os << "\n  " << r.error;
+  for (const auto& t : r.tensors) {
+    const Metrics& m = t.vs_ref;
+    os << "\n  " << t.name << ": pearson " << m.pearson << ", cosine " << m.cosine << ", nmse " << m.nmse
+       << ", max_abs " << m.max_abs << " at " << format_index(m.worst_index) << ", max_rel " << m.max_rel
+       << ", min_row_cos " << m.min_row_cos;
+    if (t.bf16_rule)
+      os << "; vs fp32: ours rmse " << t.ours_vs_fp32.rmse << " / HF rmse " << t.hf_vs_fp32.rmse << ", ours max_abs "
+         << t.ours_vs_fp32.max_abs << " / HF max_abs " << t.hf_vs_fp32.max_abs;
+    if (!t.verdict.pass) os << "\n    -> " << t.verdict.why;
+  }
+  return os.str();
+}
+
+}  // namespace qvl::testing

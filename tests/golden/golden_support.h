@@ -1,0 +1,30 @@
+// Discovery of the committed transformers recordings and their weights, shared by the golden suites.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "converter/convert.h"
+#include "instrument/recording.h"
+#include "instrument/replay.h"
+
+namespace qvl::testing {
+
+// recordings/*.h5, sorted.
+std::vector<std::string> recording_files();
+
+// The weights a recording was made from: weights/<model_dir>.h5 (root attr model_dir), cast to the
+// recording's dtype as transformers' from_pretrained(dtype=...) does. Cached per recording.
+struct GoldenModel {
+  Weights weights;
+  ModelConfig config;
+};
+const GoldenModel& model_for(const Recording& rec);
+
+// Replays every call of `rec` whose class `reg` implements; returns the results.
+std::vector<CallResult> replay_all(const Recording& rec, const Registry& reg, const std::string& only_class = "");
+
+std::string describe(const CallResult& r);  // metrics of every tensor, for failure messages
+
+}  // namespace qvl::testing

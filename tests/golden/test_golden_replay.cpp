@@ -1,0 +1,86 @@
+// One test case per recorded call of an implemented module, for every recording in recordings/:
+// Replay.MatchesRecording/<recording>_<call>_<module path>.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "tests/golden/golden_support.h"
+#include "tests/support/test_support.h"
+
+namespace qvl::testing {
+namespace {
+
+struct Case {
+  std::string recording;  // empty: no recording found
+  size_t index = 0;
+  std::string name;
+};
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  Registry reg = Registry::defaults();
+  for (const auto& path : recording_files()) {
+    Recording rec = Recording::open(path);
+    const std::string stem = std::filesystem::path(path).stem().string();
+    for (size_t i = 0; i < rec.calls().size(); ++i) {
+      const CallHeader& h = rec.calls()[i];
+      if (!reg.find(h.module_class)) continue;
+      std::string name = stem + "_" + h.group + "_" + h.module_path;
+      for (char& c : name)
+        if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+      out.push_back({path, i, name});
+    }
+  }
+  if (out.empty()) out.push_back({"", 0, "NoRecordings"});
+  return out;
+}
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+class Replay : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Replay, MatchesRecording) {
+  const Case& c = GetParam();
+  if (c.recording.empty()) GTEST_SKIP() << "no recordings in " << data_path("recordings") << " (run scripts/record.sh)";
+  Recording rec = Recording::open(c.recording);
+  const GoldenModel& m = model_for(rec);
+  CallResult r = replay_call(rec, c.index, m.weights, m.config, Registry::defaults());
+  EXPECT_EQ(r.status, CallResult::Status::Pass) << describe(r);
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, Replay, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+// Every implemented module must actually be exercised by each recording, or a passing suite means little.
+TEST(GoldenCoverage, EveryImplementedModuleIsRecorded) {
+  auto files = recording_files();
+  if (files.empty()) GTEST_SKIP() << "no recordings in " << data_path("recordings");
+  Registry reg = Registry::defaults();
+  for (const auto& path : files) {
+    Recording rec = Recording::open(path);
+    for (const auto& cls : reg.classes()) {
+      int n = 0;
+      for (const auto& h : rec.calls()) n += h.module_class == cls;
+      EXPECT_GT(n, 0) << path << " has no call of " << cls;
+    }
+  }
+}
+
+TEST(GoldenCoverage, RecordingsCarryTheirProvenance) {
+  auto files = recording_files();
+  if (files.empty()) GTEST_SKIP() << "no recordings in " << data_path("recordings");
+  for (const auto& path : files) {
+    Recording rec = Recording::open(path);
+    EXPECT_EQ(rec.attr("producer").rfind("transformers ", 0), 0u) << path;  // golden truth is transformers
+    EXPECT_EQ(rec.attr("attn_implementation"), "eager") << path;
+    EXPECT_FALSE(rec.attr("torch_version").empty()) << path;
+    if (rec.attr("dtype") == "bfloat16") {
+      // Every float output of a bf16 recording carries HF's float32 output for the noise floor.
+      RecordedCall c = rec.load(rec.calls().size() - 1);
+      EXPECT_FALSE(c.outputs_fp32.is_none()) << path;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace qvl::testing
