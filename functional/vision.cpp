@@ -1,7 +1,10 @@
 #include "functional/vision.h"
 
+#include <array>
+#include <cmath>
 #include <sstream>
 
+#include "functional/mlp.h"
 #include "functional/norm.h"
 
 namespace qvl::vision {
@@ -42,6 +45,209 @@ at::Tensor patch_merger(const Weights& w, const at::Tensor& x, const VisionConfi
   h = at::gelu(h);                                                                // nn.GELU(), exact erf
   at::Tensor out = linear(w.at("mlp.2"), h, /*bias=*/true, c.out_hidden_size, Dm);  // [S/4, out_D]
   rs.done(Value::of(out));
+  return out;
+}
+
+}  // namespace qvl::vision
+
+namespace qvl::vision {
+namespace {
+std::vector<std::array<int64_t, 3>> grids(const at::Tensor& grid_thw, const char* fn) {
+  if (grid_thw.dim() != 2 || grid_thw.size(1) != 3) {
+    throw std::runtime_error(std::string(fn) + ": grid_thw must be [G, 3], got " + shape_str(grid_thw.sizes()));
+  }
+  at::Tensor g = grid_thw.to(at::kCPU).to(at::kLong).contiguous();
+  std::vector<std::array<int64_t, 3>> out;
+  for (int64_t i = 0; i < g.size(0); ++i) {
+    out.push_back({g[i][0].item<int64_t>(), g[i][1].item<int64_t>(), g[i][2].item<int64_t>()});
+  }
+  return out;
+}
+std::string grid_str(const std::array<int64_t, 3>& g) {
+  return "(" + std::to_string(g[0]) + ", " + std::to_string(g[1]) + ", " + std::to_string(g[2]) + ")";
+}
+}  // namespace
+
+at::Tensor position_ids(const at::Tensor& grid_thw, int64_t m) {
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  std::vector<at::Tensor> parts;
+  for (const auto& g : grids(grid_thw, "vision::position_ids")) {
+    const int64_t t = g[0], h = g[1], w = g[2];
+    if (h % m || w % m) throw std::runtime_error("vision::position_ids: grid " + grid_str(g) + " is not divisible by merge size " + std::to_string(m));
+    // hpos_ids, wpos_ids = meshgrid(arange(h), arange(w), indexing="ij")
+    at::Tensor hpos = at::arange(h, opts).unsqueeze(1).expand({h, w});
+    at::Tensor wpos = at::arange(w, opts).unsqueeze(0).expand({h, w});
+    // .reshape(h // m, m, w // m, m).transpose(1, 2).flatten()
+    hpos = hpos.reshape({h / m, m, w / m, m}).transpose(1, 2).flatten();
+    wpos = wpos.reshape({h / m, m, w / m, m}).transpose(1, 2).flatten();
+    // torch.stack([hpos_ids, wpos_ids], dim=-1).repeat(t, 1)
+    parts.push_back(at::stack({hpos, wpos}, -1).repeat({t, 1}));  // [t*h*w, 2]
+  }
+  return at::cat(parts, 0);
+}
+
+at::Tensor cu_seqlens(const at::Tensor& grid_thw) {
+  at::Tensor g = grid_thw.to(at::kLong);
+  // seqlens = repeat_interleave(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0])
+  at::Tensor seqlens = at::repeat_interleave(g.select(1, 1) * g.select(1, 2), g.select(1, 0));
+  // F.pad(seqlens.cumsum(dim=0, dtype=torch.int32), (1, 0), value=0)
+  return at::constant_pad_nd(seqlens.cumsum(0, at::kInt), {1, 0}, 0);
+}
+
+WindowIndex window_index(const at::Tensor& grid_thw, int64_t m, int64_t window_size, int64_t patch_size) {
+  const int64_t ws = window_size / m / patch_size;  // vit_merger_window_size, in merged tokens
+  if (ws < 1) throw std::runtime_error("vision::window_index: window_size " + std::to_string(window_size) + " is smaller than one merged token");
+  const int64_t unit = m * m;
+  std::vector<at::Tensor> index_parts;
+  std::vector<int64_t> cu = {0};
+  int64_t base = 0;
+  for (const auto& g : grids(grid_thw, "vision::window_index")) {
+    const int64_t t = g[0], lh = g[1] / m, lw = g[2] / m;
+    at::Tensor index = at::arange(t * lh * lw, at::kLong).reshape({t, lh, lw});
+    const int64_t pad_h = ws - lh % ws, pad_w = ws - lw % ws;  // a full extra window when divisible
+    const int64_t nh = (lh + pad_h) / ws, nw = (lw + pad_w) / ws;
+    at::Tensor padded = at::constant_pad_nd(index, {0, pad_w, 0, pad_h}, -100);
+    padded = padded.reshape({t, nh, ws, nw, ws}).permute({0, 1, 3, 2, 4}).reshape({t, nh * nw, ws, ws});
+    at::Tensor seqlens = padded.ne(-100).sum({2, 3}).reshape(-1);  // merged tokens per window (may be 0)
+    padded = padded.reshape(-1);
+    index_parts.push_back(padded.masked_select(padded.ne(-100)) + base);
+    at::Tensor cum = seqlens.cumsum(0) * unit + cu.back();
+    for (int64_t i = 0; i < cum.numel(); ++i) cu.push_back(cum[i].item<int64_t>());
+    base += t * lh * lw;
+  }
+  WindowIndex out;
+  out.window_index = at::cat(index_parts, 0);
+  at::Tensor cu_t = at::tensor(cu, at::kLong).to(at::kInt);
+  out.cu_window_seqlens = std::get<0>(at::unique_consecutive(cu_t));
+  return out;
+}
+
+CosSin rotary(const at::Tensor& pos, const VisionConfig& c, Recorder* rec, const std::string& path) {
+  if (pos.dim() != 2 || pos.size(1) != 2) throw std::runtime_error("vision::rotary: position_ids must be [S, 2], got " + shape_str(pos.sizes()));
+  RecordScope rs(rec, path, "Qwen2_5_VLVisionRotaryEmbedding", [&] {
+    return Value::dict({{"arg1", Value::of(pos)}});
+  });
+  const int64_t spatial_dim = c.head_dim() / 2;
+  // inv_freq = 1.0 / (base ** (torch.arange(0, spatial_dim, 2, dtype=torch.float) / spatial_dim))
+  at::Tensor inv_freq = at::reciprocal(at::pow(c.rope_theta, at::arange(0, spatial_dim, 2, at::kFloat) / spatial_dim));
+  // freqs = position_ids[..., None].float() * inv_freq.float()          [S, 2, Dh/4]
+  at::Tensor freqs = pos.unsqueeze(-1).to(at::kFloat) * inv_freq;
+  // recomposition_frequencies: cat([f_h, f_w], -1) then cat([hw, hw], -1)   [S, Dh]
+  auto recompose = [](const at::Tensor& f) {
+    at::Tensor hw = at::cat({f.select(1, 0), f.select(1, 1)}, -1);
+    return at::cat({hw, hw}, -1);
+  };
+  CosSin out{recompose(freqs.cos()), recompose(freqs.sin())};  // attention_scaling is 1.0 for axial
+  rs.done(Value::tuple({Value::of(out.cos), Value::of(out.sin)}));
+  return out;
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
+}
+
+std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb_vision(const at::Tensor& q, const at::Tensor& k,
+                                                              const at::Tensor& cos, const at::Tensor& sin) {
+  // q, k = q.float(), k.float(); cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
+  at::Tensor qf = q.to(at::kFloat), kf = k.to(at::kFloat);
+  at::Tensor c = cos.unsqueeze(-2).to(at::kFloat), s = sin.unsqueeze(-2).to(at::kFloat);
+  // q_embed = (q * cos) + (rotate_half(q) * sin), cast back to the input dtypes
+  at::Tensor qe = (qf * c) + (rotate_half(qf) * s);
+  at::Tensor ke = (kf * c) + (rotate_half(kf) * s);
+  return {qe.to(q.scalar_type()), ke.to(k.scalar_type())};
+}
+
+at::Tensor attention(const Weights& w, const at::Tensor& x, const at::Tensor& cu, const CosSin& rope,
+                     const VisionConfig& c, Recorder* rec) {
+  const int64_t S = x.size(0), C = c.hidden_size, H = c.num_heads, Dh = c.head_dim();
+  if (x.dim() != 2 || x.size(1) != C) throw std::runtime_error("vision::attention: x must be [S, " + std::to_string(C) + "], got " + shape_str(x.sizes()));
+  at::Tensor cu_l = cu.to(at::kCPU).to(at::kLong);
+  if (cu_l.dim() != 1 || cu_l.numel() < 2 || cu_l[0].item<int64_t>() != 0 || cu_l[-1].item<int64_t>() != S) {
+    throw std::runtime_error("vision::attention: cu_seqlens must run from 0 to S = " + std::to_string(S) + ", got " + shape_str(cu.sizes()));
+  }
+  RecordScope rs(rec, w.path(), "Qwen2_5_VLVisionAttention", [&] {
+    return Value::dict({{"arg0", Value::of(x)}, {"cu_seqlens", Value::of(cu)},
+                        {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
+  });
+  // self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+  at::Tensor qkv = linear(w.at("qkv"), x, /*bias=*/true, 3 * C, C).reshape({S, 3, H, -1}).permute({1, 0, 2, 3});
+  at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];  // [S, H, Dh]
+  auto [qr, kr] = apply_rotary_pos_emb_vision(q, k, rope.cos, rope.sin);
+  // .transpose(0, 1).unsqueeze(0)                                             [1, H, S, Dh]
+  q = qr.transpose(0, 1).unsqueeze(0);
+  k = kr.transpose(0, 1).unsqueeze(0);
+  v = v.transpose(0, 1).unsqueeze(0);
+  const double scaling = std::pow(static_cast<double>(Dh), -0.5);
+  std::vector<at::Tensor> outs;
+  for (int64_t i = 0; i + 1 < cu_l.numel(); ++i) {
+    const int64_t a = cu_l[i].item<int64_t>(), b = cu_l[i + 1].item<int64_t>();
+    at::Tensor qi = q.slice(2, a, b), ki = k.slice(2, a, b), vi = v.slice(2, a, b);
+    // eager_attention_forward: softmax(q @ k^T * scaling, dtype=float32).to(q.dtype) @ v
+    at::Tensor wts = at::matmul(qi, ki.transpose(2, 3)) * scaling;        // [1, H, L, L]
+    wts = at::softmax(wts, -1, at::kFloat).to(qi.scalar_type());
+    outs.push_back(at::matmul(wts, vi).transpose(1, 2).contiguous());    // [1, L, H, Dh]
+  }
+  at::Tensor o = at::cat(outs, 1).reshape({S, -1}).contiguous();          // [S, C]
+  at::Tensor out = linear(w.at("proj"), o, /*bias=*/true, C, C);
+  rs.done(Value::of(out));
+  return out;
+}
+
+at::Tensor block(const Weights& w, const at::Tensor& x, const at::Tensor& cu, const CosSin& rope,
+                 const VisionConfig& c, Recorder* rec, const std::string& settings_json) {
+  RecordScope rs(rec, w.path(), "Qwen2_5_VLVisionBlock", [&] {
+    return Value::dict({{"arg0", Value::of(x)}, {"cu_seqlens", Value::of(cu)},
+                        {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
+  }, settings_json);
+  // hidden_states = hidden_states + self.attn(self.norm1(hidden_states), ...)
+  at::Tensor h = x + attention(w.at("attn"), rms_norm(w.at("norm1"), x, c.rms_norm_eps, rec), cu, rope, c, rec);
+  // hidden_states = hidden_states + self.mlp(self.norm2(hidden_states))
+  at::Tensor out = h + mlp(w.at("mlp"), rms_norm(w.at("norm2"), h, c.rms_norm_eps, rec), c, rec);
+  rs.done(Value::of(out));
+  return out;
+}
+
+TowerOutput transformer(const Weights& w, const at::Tensor& pixel_values, const at::Tensor& grid_thw,
+                        const VisionConfig& c, Recorder* rec) {
+  const std::string base = w.path();
+  auto fn_path = [&](const char* name) { return base.empty() ? std::string(name) : base + "." + name; };
+  RecordScope rs(rec, base, "Qwen2_5_VisionTransformerPretrainedModel", [&] {
+    return Value::dict({{"arg0", Value::of(pixel_values)}, {"grid_thw", Value::of(grid_thw)}});
+  });
+  const int64_t m = c.spatial_merge_size, unit = m * m;
+  auto record_fn = [&](const char* name, const Value& in, const Value& out) {
+    RecordScope f(rec, fn_path(name), name, [&] { return in; }, "{\"kind\": \"function\"}");
+    f.done(out);
+  };
+  at::Tensor pos = position_ids(grid_thw, m);
+  record_fn("get_vision_position_ids", Value::dict({{"arg0", Value::of(grid_thw)}}), Value::of(pos));
+  at::Tensor cu = cu_seqlens(grid_thw);
+  record_fn("get_vision_attention_seqlens", Value::dict({{"arg0", Value::of(grid_thw)}}),
+            Value::tuple({Value::of(cu), Value::none()}));
+  WindowIndex win = window_index(grid_thw, m, c.window_size, c.patch_size);
+  record_fn("get_vision_window_index", Value::dict({{"arg0", Value::of(grid_thw)}}),
+            Value::tuple({Value::of(win.window_index), Value::of(win.cu_window_seqlens)}));
+
+  at::Tensor h = patch_embed(w.at("patch_embed"), pixel_values, c, rec);  // [S, C_v]
+  const int64_t S = h.size(0);
+  if (S != pos.size(0)) {
+    throw std::runtime_error("vision::transformer: pixel_values has " + std::to_string(S) + " patches but grid_thw gives " + std::to_string(pos.size(0)));
+  }
+  // permute_input_for_window_attn: reshape(S/unit, unit, -1)[window_index].reshape(S, -1)
+  auto permute = [&](const at::Tensor& t) { return t.reshape({S / unit, unit, -1}).index_select(0, win.window_index).reshape({S, -1}); };
+  h = permute(h);
+  CosSin rope = rotary(pos, c, rec, fn_path("rotary_pos_emb"));
+  rope = {permute(rope.cos), permute(rope.sin)};
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const bool full = std::find(c.fullatt_block_indexes.begin(), c.fullatt_block_indexes.end(), i) != c.fullatt_block_indexes.end();
+    const std::string settings = std::string("{\"attention\": \"") + (full ? "full" : "window") + "\", \"block_index\": " + std::to_string(i) + "}";
+    h = block(w.at("blocks").at(i), h, full ? cu : win.cu_window_seqlens, rope, c, rec, settings);
+  }
+  // merged = self.merger(hidden_states)[torch.argsort(window_index), :]
+  at::Tensor merged = patch_merger(w.at("merger"), h, c, rec).index_select(0, at::argsort(win.window_index));
+  TowerOutput out{h, merged};
+  rs.done(Value::dict({{"last_hidden_state", Value::of(h)}, {"pooler_output", Value::of(merged)}}));
   return out;
 }
 

@@ -27,3 +27,85 @@ at::Tensor patch_embed(const Weights& w, const at::Tensor& pixel_values, const V
 at::Tensor patch_merger(const Weights& w, const at::Tensor& x, const VisionConfig& c, Recorder* rec = nullptr);
 
 }  // namespace qvl::vision
+
+namespace qvl::vision {
+
+// --- index builders (vision_utils.py of transformers 5.x) ---------------------------------------------
+
+// Mirrors get_vision_position_ids(grid_thw, spatial_merge_size) (G1/G2: inside rot_pos_emb).
+//   grid_thw  [G, 3] int64 (t, h, w in patches)
+//   out       [S, 2] int64 (h, w) per patch, in merge-block order (h/m, w/m, m, m), repeated t times
+at::Tensor position_ids(const at::Tensor& grid_thw, int64_t spatial_merge_size);
+
+// Mirrors get_vision_cu_seqlens(grid_thw, merge_temporal=False): one segment per frame.
+//   out  [sum(t)+1] int32 cumulative patch counts
+at::Tensor cu_seqlens(const at::Tensor& grid_thw);
+
+// Mirrors get_vision_window_index(grid_thw, spatial_merge_size, window_size, patch_size).
+//   window_index       [S/m^2] int64 permutation of merged tokens into window-major order
+//   cu_window_seqlens  [W+1] int32 window boundaries in patches (unique_consecutive: empty windows vanish)
+// Quirk: padding is ws - n % ws, so a whole empty window row/column is added when n % ws == 0.
+struct WindowIndex {
+  at::Tensor window_index;
+  at::Tensor cu_window_seqlens;
+};
+WindowIndex window_index(const at::Tensor& grid_thw, int64_t spatial_merge_size, int64_t window_size,
+                         int64_t patch_size);
+
+// --- rotary ---------------------------------------------------------------------------------------------
+
+// Mirrors Qwen2_5_VLVisionRotaryEmbedding.forward(x, position_ids) (5.x; G1/G2 rot_pos_emb + cat + cos/sin).
+//   position_ids  [S, 2] int64 (h, w)
+//   cos, sin      [S, Dh] float32: per patch [h*inv | w*inv | h*inv | w*inv], inv = theta^(-2i/(Dh/2)), i < Dh/4
+// Quirk: always float32, whatever the model dtype (x only supplies the device).
+struct CosSin {
+  at::Tensor cos, sin;
+};
+CosSin rotary(const at::Tensor& position_ids, const VisionConfig& c, Recorder* rec = nullptr,
+              const std::string& path = "model.visual.rotary_pos_emb");
+
+// rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2])
+at::Tensor rotate_half(const at::Tensor& x);
+
+// Mirrors apply_rotary_pos_emb_vision(q, k, cos, sin).
+//   q, k      [S, H, Dh]  any float dtype
+//   cos, sin  [S, Dh]
+//   out       (q', k') in the dtypes of q and k
+// Quirk: q, k, cos and sin are upcast to float32 for the rotation, then cast back.
+std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb_vision(const at::Tensor& q, const at::Tensor& k,
+                                                              const at::Tensor& cos, const at::Tensor& sin);
+
+// --- attention, block, tower -----------------------------------------------------------------------------
+
+// Mirrors Qwen2_5_VLVisionAttention.forward with eager attention.
+//   x           [S, C_v]
+//   cu_seqlens  [N+1] int32: attention is block-diagonal over these segments (windows or frames)
+//   cos, sin    [S, Dh] float32
+//   out         [S, C_v]
+// Weights: qkv.{weight [3*C_v, C_v], bias [3*C_v]} (rows q | k | v, each head-contiguous), proj.{weight, bias}.
+// Quirk: HF's eager path loops over segments; softmax runs in float32 and is cast back to the q dtype.
+at::Tensor attention(const Weights& w, const at::Tensor& x, const at::Tensor& cu_seqlens, const CosSin& rope,
+                     const VisionConfig& c, Recorder* rec = nullptr);
+
+// Mirrors Qwen2_5_VLVisionBlock.forward: x + attn(norm1(x)), then + mlp(norm2(.)).
+//   x [S, C_v] -> [S, C_v]; weights norm1, norm2, attn, mlp.
+at::Tensor block(const Weights& w, const at::Tensor& x, const at::Tensor& cu_seqlens, const CosSin& rope,
+                 const VisionConfig& c, Recorder* rec = nullptr, const std::string& settings_json = "{}");
+
+// Mirrors Qwen2_5_VisionTransformerPretrainedModel.forward.
+//   pixel_values  [S, C*T_p*P*P]
+//   grid_thw      [G, 3] int64
+//   out.last_hidden_state  [S, C_v]  the pre-merger state, still in WINDOW order (as 5.x returns it)
+//   out.pooler_output      [S/m^2, out_D]  merged tokens back in raster (merge-block) order
+// Weights: patch_embed, blocks.<i>, merger (the model.visual sub-tree).
+// Quirks: patches are permuted into window order in groups of m^2 before the blocks and merged tokens are
+// un-permuted (argsort of window_index) after the merger; blocks in fullatt_block_indexes use per-frame
+// cu_seqlens, the others the window boundaries.
+struct TowerOutput {
+  at::Tensor last_hidden_state;
+  at::Tensor pooler_output;
+};
+TowerOutput transformer(const Weights& w, const at::Tensor& pixel_values, const at::Tensor& grid_thw,
+                        const VisionConfig& c, Recorder* rec = nullptr);
+
+}  // namespace qvl::vision

@@ -94,6 +94,11 @@ Weights Weights::at(const std::string& dotted) const {
   return cur;
 }
 
+Weights Weights::at_or_empty(const std::string& dotted) const {
+  if (has(dotted)) return at(dotted);
+  return Weights(std::make_shared<Node>(), child_path(dotted));
+}
+
 bool Weights::has(const std::string& dotted) const {
   const Node* cur = node_.get();
   for (const auto& part : split_dotted(dotted)) {

@@ -33,6 +33,9 @@ class Weights {
   Weights at(const std::string& dotted) const;
   Weights at(int64_t index) const { return at(std::to_string(index)); }
   bool has(const std::string& dotted) const;
+  // The sub-tree, or an empty node carrying that path when it does not exist (modules without weights,
+  // such as the rotary embeddings, still have a path for errors and recordings).
+  Weights at_or_empty(const std::string& dotted) const;
 
   // The tensor at this node (must be a leaf), or at a dotted child path.
   const at::Tensor& tensor() const;

@@ -68,6 +68,46 @@ Registry Registry::defaults() {
   r.set("Qwen2_5_VLPatchMerger", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     return Value::of(vision::patch_merger(w, c.input("x", 0).as_tensor("x"), cfg.vision));
   });
+
+  // --- vision tower (issue 3) ---
+  auto cos_sin = [](const RecordedCall& c) {
+    const Value& pe = c.input("position_embeddings");
+    return vision::CosSin{pe.at(0).as_tensor("cos"), pe.at(1).as_tensor("sin")};
+  };
+  r.set("get_vision_position_ids", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
+    return Value::of(vision::position_ids(c.input("grid_thw", 0).as_tensor(), cfg.vision.spatial_merge_size));
+  });
+  r.set("get_vision_attention_seqlens", [](const RecordedCall& c, const Weights&, const ModelConfig&) {
+    // (cu_seqlens, max_seqlen); max_seqlen is None outside flash attention.
+    return Value::tuple({Value::of(vision::cu_seqlens(c.input("grid_thw", 0).as_tensor())), Value::none()});
+  });
+  r.set("get_vision_window_index", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
+    auto wi = vision::window_index(c.input("grid_thw", 0).as_tensor(), cfg.vision.spatial_merge_size,
+                                   cfg.vision.window_size, cfg.vision.patch_size);
+    return Value::tuple({Value::of(wi.window_index), Value::of(wi.cu_window_seqlens)});
+  });
+  r.set("Qwen2_5_VLVisionRotaryEmbedding", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
+    auto cs = vision::rotary(c.input("position_ids", 1).as_tensor(), cfg.vision);
+    return Value::tuple({Value::of(cs.cos), Value::of(cs.sin)});
+  });
+  r.set("apply_rotary_pos_emb_vision", [](const RecordedCall& c, const Weights&, const ModelConfig&) {
+    auto [q, k] = vision::apply_rotary_pos_emb_vision(c.input("q", 0).as_tensor(), c.input("k", 1).as_tensor(),
+                                                      c.input("cos", 2).as_tensor(), c.input("sin", 3).as_tensor());
+    return Value::tuple({Value::of(q), Value::of(k)});
+  });
+  r.set("Qwen2_5_VLVisionAttention", [cos_sin](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    return Value::of(vision::attention(w, c.input("hidden_states", 0).as_tensor(), c.input("cu_seqlens", 1).as_tensor(),
+                                       cos_sin(c), cfg.vision));
+  });
+  r.set("Qwen2_5_VLVisionBlock", [cos_sin](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    return Value::of(vision::block(w, c.input("hidden_states", 0).as_tensor(), c.input("cu_seqlens", 1).as_tensor(),
+                                   cos_sin(c), cfg.vision));
+  });
+  r.set("Qwen2_5_VisionTransformerPretrainedModel", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    auto out = vision::transformer(w, c.input("hidden_states", 0).as_tensor(), c.input("grid_thw", 1).as_tensor(), cfg.vision);
+    return Value::dict({{"last_hidden_state", Value::of(out.last_hidden_state)},
+                        {"pooler_output", Value::of(out.pooler_output)}});
+  });
   return r;
 }
 
@@ -101,7 +141,7 @@ CallResult replay_call(const Recording& rec, size_t index, const Weights& root, 
   try {
     RecordedCall call = rec.load(index);
     const bool is_function = nlohmann::json::parse(call.header.settings, nullptr, false).value("kind", "") == "function";
-    Weights w = is_function ? Weights() : root.at(call.header.module_path);
+    Weights w = is_function ? Weights() : root.at_or_empty(call.header.module_path);
     Value ours = as_outputs((*fn)(call, w, cfg));
     std::map<std::string, at::Tensor> ours_by_name, fp32_by_name;
     for (auto& [n, t] : ours.tensors()) ours_by_name[n] = t;
