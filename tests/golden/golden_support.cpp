@@ -3,6 +3,8 @@
 #include <filesystem>
 #include <sstream>
 
+#include <gtest/gtest.h>
+
 #include "tests/support/test_support.h"
 
 namespace qvl::testing {
@@ -58,6 +60,17 @@ std::string describe(const CallResult& r) {
     if (!t.verdict.pass) os << "\n    -> " << t.verdict.why;
   }
   return os.str();
+}
+
+void expect_all_fail(const std::string& recording, const std::string& cls, ReplayFn bug) {
+  Recording rec = Recording::open(recording);
+  Registry reg = Registry::defaults();
+  // The unmodified registry passes these calls: the failures below are the bug's, not the harness's.
+  for (const auto& r : replay_all(rec, reg, cls)) ASSERT_EQ(r.status, CallResult::Status::Pass) << describe(r);
+  reg.set(cls, std::move(bug));
+  auto results = replay_all(rec, reg, cls);
+  ASSERT_FALSE(results.empty()) << "no " << cls << " call in " << recording;
+  for (const auto& r : results) EXPECT_EQ(r.status, CallResult::Status::Fail) << describe(r);
 }
 
 }  // namespace qvl::testing

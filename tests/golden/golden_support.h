@@ -25,6 +25,10 @@ const GoldenModel& model_for(const Recording& rec);
 // Replays every call of `rec` whose class `reg` implements; returns the results.
 std::vector<CallResult> replay_all(const Recording& rec, const Registry& reg, const std::string& only_class = "");
 
-std::string describe(const CallResult& r);  // metrics of every tensor, for failure messages
+std::string describe(const CallResult& r);
+
+// Planted-bug check: every call of `cls` passes with the default registry, and FAILS (not errors, not
+// passes) with `bug` in its place.
+void expect_all_fail(const std::string& recording, const std::string& cls, ReplayFn bug);  // metrics of every tensor, for failure messages
 
 }  // namespace qvl::testing

@@ -13,17 +13,6 @@ namespace {
 const std::string kFp32 = data_path("recordings/tiny_fp32.h5");
 const std::string kBf16 = data_path("recordings/tiny_bf16.h5");
 
-// Replays every call of `cls` with `bug` in place; expects each one to FAIL (not error, not pass).
-void expect_all_fail(const std::string& recording, const std::string& cls, ReplayFn bug) {
-  Recording rec = Recording::open(recording);
-  Registry reg = Registry::defaults();
-  // The unmodified registry passes these calls: the failures below are the bug's, not the harness's.
-  for (const auto& r : replay_all(rec, reg, cls)) ASSERT_EQ(r.status, CallResult::Status::Pass) << describe(r);
-  reg.set(cls, std::move(bug));
-  auto results = replay_all(rec, reg, cls);
-  ASSERT_FALSE(results.empty()) << "no " << cls << " call in " << recording;
-  for (const auto& r : results) EXPECT_EQ(r.status, CallResult::Status::Fail) << describe(r);
-}
 
 TEST(PlantedBug, MergerWithoutBiasesFails) {
   QVL_REQUIRE_FILE(kFp32);
