@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "functional/mlp.h"
+#include "instrument/config_json.h"
 #include "functional/norm.h"
 #include "functional/vision.h"
 
@@ -120,6 +121,11 @@ std::vector<std::string> Registry::classes() const {
   std::vector<std::string> out;
   for (const auto& [k, _] : fns_) out.push_back(k);
   return out;
+}
+
+ModelConfig recording_config(const Recording& rec, const ModelConfig& fallback) {
+  if (!rec.has_attr("config")) return fallback;
+  return parse_model_config(rec.attr("config"), rec.path() + ":config");
 }
 
 Weights cast_floating(const Weights& w, at::ScalarType dtype) {

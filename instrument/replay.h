@@ -53,6 +53,10 @@ const char* status_name(CallResult::Status s);
 // Outputs of a function as the recording stores them: a tuple becomes {out0, out1, ...}, else {out}.
 Value as_outputs(const Value& v);
 
+// The config transformers ran with: the recording's `config` attribute when present (it includes any
+// overrides made at record time), else `fallback` (the weights file's config.json).
+ModelConfig recording_config(const Recording& rec, const ModelConfig& fallback);
+
 // A copy of the tree with every floating tensor cast to `dtype`: what from_pretrained(dtype=...) does to
 // a checkpoint, so a bf16 recording is replayed with the same bf16 weights HF used.
 Weights cast_floating(const Weights& w, at::ScalarType dtype);

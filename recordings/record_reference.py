@@ -190,6 +190,33 @@ def load_image(spec: str, index: int):
     return Image.open(spec).convert("RGB")
 
 
+def load_video(spec: str, index: int):
+    """`synthetic:TxHxW[:seed]` (T frames of different content) or a directory of frame images (sorted).
+    Returns a uint8 array [T, H, W, 3]."""
+    from PIL import Image
+
+    if spec.startswith("synthetic:"):
+        parts = spec.split(":")
+        t, h, w = (int(v) for v in parts[1].lower().split("x"))
+        seed = int(parts[2]) if len(parts) > 2 else 100 + index
+        return np.stack([np.asarray(synthetic_image(h, w, seed * 1000 + f)) for f in range(t)])
+    if not os.path.isdir(spec):
+        raise SystemExit(f"record: video '{spec}' is neither synthetic:TxHxW nor a directory of frames")
+    files = sorted(f for f in os.listdir(spec) if f.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")))
+    if not files:
+        raise SystemExit(f"record: video directory '{spec}' holds no .png/.jpg frames")
+    return np.stack([np.asarray(Image.open(os.path.join(spec, f)).convert("RGB")) for f in files])
+
+
+def video_processor_for(model_dir: str):
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    if os.path.isfile(os.path.join(model_dir, "video_preprocessor_config.json")):
+        return Qwen2VLVideoProcessor.from_pretrained(model_dir)
+    # Same pixel bounds as the image processor default below, so small synthetic frames keep their size.
+    return Qwen2VLVideoProcessor(size={"shortest_edge": 3136, "longest_edge": 12845056})
+
+
 def image_processor_for(model_dir: str):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -234,11 +261,11 @@ def snapshot(value):
         return tuple(snapshot(v) for v in value)
     if isinstance(value, list):
         return [snapshot(v) for v in value]
-    if isinstance(value, dict):
-        return {k: snapshot(v) for k, v in value.items()}
-    if isinstance(value, transformers.utils.ModelOutput):
+    if isinstance(value, transformers.utils.ModelOutput):  # a dict subclass that hides None fields
         return {"__type__": type(value).__name__,
                 **{f.name: snapshot(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
     return value
 
 
@@ -525,8 +552,22 @@ def cmd_record(args: argparse.Namespace) -> None:
     if not os.path.isfile(os.path.join(args.model, "config.json")):
         raise SystemExit(f"record: '{args.model}' is not a checkpoint directory (no config.json)")
     log(f"loading {args.model} ({args.dtype}, eager attention)")
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"record: --set expects KEY=JSON, got '{item}'")
+        k, v = item.split("=", 1)
+        overrides[k] = json.loads(v)
+    config = Qwen2_5_VLConfig.from_pretrained(args.model)
+    for k, v in overrides.items():
+        obj, parts = config, k.split(".")
+        for p in parts[:-1]:
+            obj = getattr(obj, p)
+        if not hasattr(obj, parts[-1]):
+            raise SystemExit(f"record: --set {k}: the config has no such field")
+        setattr(obj, parts[-1], v)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        args.model, dtype=dtype, attn_implementation="eager").eval()
+        args.model, config=config, dtype=dtype, attn_implementation="eager").eval()
     config = model.config
     shadow = None
     if dtype != torch.float32:
@@ -540,12 +581,22 @@ def cmd_record(args: argparse.Namespace) -> None:
         proc = image_processor_for(args.model)
         pp = proc(images=images, return_tensors="pt")
         pixel_values, image_grid_thw = pp["pixel_values"], pp["image_grid_thw"]
+    videos = [load_video(s, i) for i, s in enumerate(args.video)]
+    pixel_values_videos = video_grid_thw = second_per_grid_ts = None
+    if videos:
+        vproc = video_processor_for(args.model)
+        vp = vproc(videos=videos, return_tensors="pt", do_sample_frames=False)
+        pixel_values_videos, video_grid_thw = vp["pixel_values_videos"], vp["video_grid_thw"]
+        # second_per_grid_ts = temporal_patch_size / fps (reference notes §4.5)
+        second_per_grid_ts = torch.tensor([vproc.temporal_patch_size / args.fps] * len(videos))
     merge = config.vision_config.spatial_merge_size
     ids = list(parse_ids(args.text_before))
-    for i in range(len(images)):
-        n_tok = int(image_grid_thw[i].prod()) // (merge * merge)
-        ids += [config.vision_start_token_id] + [config.image_token_id] * n_tok + [config.vision_end_token_id]
-        if i + 1 < len(images):
+    media = [(config.image_token_id, image_grid_thw[i]) for i in range(len(images))]
+    media += [(config.video_token_id, video_grid_thw[i]) for i in range(len(videos))]
+    for i, (tok, grid) in enumerate(media):
+        n_tok = int(grid.prod()) // (merge * merge)
+        ids += [config.vision_start_token_id] + [tok] * n_tok + [config.vision_end_token_id]
+        if i + 1 < len(media):
             ids += parse_ids(args.text_between)
     ids += parse_ids(args.text_after)
     if max(ids) >= config.text_config.vocab_size:
@@ -560,26 +611,35 @@ def cmd_record(args: argparse.Namespace) -> None:
     rec = Recorder(model, shadow, fullatt=fullatt)
     rec.install()
     model.model.rope_deltas = None
-    log(f"forward: {len(ids)} tokens, {len(images)} image(s)"
-        + (f", grids {image_grid_thw.tolist()}" if images else ""))
+    log(f"forward: {len(ids)} tokens, {len(images)} image(s), {len(videos)} video(s)"
+        + (f", image grids {image_grid_thw.tolist()}" if images else "")
+        + (f", video grids {video_grid_thw.tolist()}" if videos else ""))
     with torch.no_grad():
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         if images:
-            kwargs.update(pixel_values=pixel_values, image_grid_thw=image_grid_thw,
-                          mm_token_type_ids=mm_token_type_ids)
+            kwargs.update(pixel_values=pixel_values, image_grid_thw=image_grid_thw)
+        if videos:
+            kwargs.update(pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
+                          second_per_grid_ts=second_per_grid_ts)
+        if images or videos:
+            kwargs.update(mm_token_type_ids=mm_token_type_ids)
         model(**kwargs)
     rec.uninstall()
 
     depth = config.vision_config.depth
+    # Window facts per grid: padding (a grid side not a multiple of the window) makes uneven windows.
     window_padding = False
-    if images:
-        ws = config.vision_config.window_size // merge // config.vision_config.patch_size
-        for t, h, w in image_grid_thw.tolist():
-            window_padding |= (h // merge) % ws != 0 or (w // merge) % ws != 0
+    ws = config.vision_config.window_size // merge // config.vision_config.patch_size
+    grids = (image_grid_thw.tolist() if images else []) + (video_grid_thw.tolist() if videos else [])
+    for t, h, w in grids:
+        window_padding |= (h // merge) % ws != 0 or (w // merge) % ws != 0
     scenario = {
         "name": args.name,
         "input_ids": ids,
         "images": [{"source": s, "grid_thw": image_grid_thw[i].tolist()} for i, s in enumerate(args.image)],
+        "videos": [{"source": s, "grid_thw": video_grid_thw[i].tolist(), "fps": args.fps}
+                   for i, s in enumerate(args.video)],
+        "config_overrides": overrides,
         "vision": {
             "full_blocks": fullatt,
             "window_blocks": [i for i in range(depth) if i not in fullatt],
@@ -624,6 +684,12 @@ def main(argv=None) -> None:
     rc.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     rc.add_argument("--image", action="append", default=[],
                     help="image file, or synthetic:HxW[:seed]; repeat for several images")
+    rc.add_argument("--video", action="append", default=[],
+                    help="directory of frame images, or synthetic:TxHxW[:seed]; repeat for several videos "
+                         "(placed after the images)")
+    rc.add_argument("--fps", type=float, default=2.0, help="video frame rate (second_per_grid_ts = 2 / fps)")
+    rc.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="override a config field before building the model, e.g. vision_config.window_size=112")
     rc.add_argument("--text-before", default=" ".join(map(str, DEFAULT_TEXT_BEFORE)),
                     help="token ids before the first image (space or comma separated)")
     rc.add_argument("--text-between", default="30 31", help="token ids between consecutive images")

@@ -37,6 +37,7 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
   ModelConfig cfg;
   Weights root = load_weights_any(weights_path, &cfg);
   Recording rec = Recording::open(recording_path);
+  cfg = recording_config(rec, cfg);  // what transformers ran with, overrides included
   const std::string dtype = rec.attr("dtype");
   const bool bf16 = dtype == "bfloat16";
   Registry reg = Registry::defaults();

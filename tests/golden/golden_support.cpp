@@ -10,12 +10,15 @@
 namespace qvl::testing {
 namespace fs = std::filesystem;
 
+std::string generated_recordings_dir() { return QVL_GENERATED_RECORDINGS; }
+
 std::vector<std::string> recording_files() {
   std::vector<std::string> out;
-  const fs::path dir = data_path("recordings");
-  if (!fs::is_directory(dir)) return out;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().extension() == ".h5") out.push_back(e.path().string());
+  for (const fs::path dir : {fs::path(data_path("recordings")), fs::path(generated_recordings_dir())}) {
+    if (!fs::is_directory(dir)) continue;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().extension() == ".h5") out.push_back(e.path().string());
+  }
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -28,6 +31,7 @@ const GoldenModel& model_for(const Recording& rec) {
   const std::string model_dir = h5::attr_str(f.id(), "model_dir", rec.path());
   GoldenModel m;
   m.weights = load_weights_any(data_path("weights/" + model_dir + ".h5"), &m.config);
+  m.config = recording_config(rec, m.config);
   const std::string dtype = rec.attr("dtype");
   if (dtype == "bfloat16") m.weights = cast_floating(m.weights, at::kBFloat16);
   return cache.emplace(rec.path(), std::move(m)).first->second;

@@ -11,8 +11,9 @@
 
 namespace qvl::testing {
 
-// recordings/*.h5, sorted.
+// recordings/*.h5 (committed) and the build's generated recordings (QVL_GENERATED_RECORDINGS), sorted.
 std::vector<std::string> recording_files();
+std::string generated_recordings_dir();
 
 // The weights a recording was made from: weights/<model_dir>.h5 (root attr model_dir), cast to the
 // recording's dtype as transformers' from_pretrained(dtype=...) does. Cached per recording.
