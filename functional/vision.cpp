@@ -173,7 +173,12 @@ at::Tensor attention(const Weights& w, const at::Tensor& x, const at::Tensor& cu
   // self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
   at::Tensor qkv = linear(w.at("qkv"), x, /*bias=*/true, 3 * C, C).reshape({S, 3, H, -1}).permute({1, 0, 2, 3});
   at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];  // [S, H, Dh]
+  RecordScope rot(rec, w.path() + ".apply_rotary_pos_emb_vision", "apply_rotary_pos_emb_vision", [&] {
+    return Value::dict({{"arg0", Value::of(q)}, {"arg1", Value::of(k)}, {"arg2", Value::of(rope.cos)},
+                        {"arg3", Value::of(rope.sin)}});
+  }, "{\"kind\": \"function\"}");
   auto [qr, kr] = apply_rotary_pos_emb_vision(q, k, rope.cos, rope.sin);
+  rot.done(Value::tuple({Value::of(qr), Value::of(kr)}));
   // .transpose(0, 1).unsqueeze(0)                                             [1, H, S, Dh]
   q = qr.transpose(0, 1).unsqueeze(0);
   k = kr.transpose(0, 1).unsqueeze(0);

@@ -13,6 +13,8 @@
 
 #include "converter/convert.h"
 #include "converter/safetensors.h"
+#include "functional/vision.h"
+#include "instrument/compare.h"
 #include "instrument/config_json.h"
 #include "instrument/h5io.h"
 #include "instrument/recording.h"
@@ -147,6 +149,66 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
   return failed ? 1 : 0;
 }
 
+// --- run-vision: the chained run of the functional vision tower, recorded from C++ ----------------------
+int cmd_run_vision(const std::string& weights_path, const std::string& ref_path, const std::string& out_path,
+                   const std::vector<std::string>& scales) {
+  ModelConfig cfg;
+  Weights root = load_weights_any(weights_path, &cfg);
+  Recording ref = Recording::open(ref_path);
+  cfg = recording_config(ref, cfg);
+  const std::string dtype = ref.attr("dtype");
+  root = cast_floating(root, dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
+  // Researcher knob: scale one weight tensor to see where and how a change propagates.
+  for (const auto& s : scales) {
+    const auto eq = s.find('=');
+    if (eq == std::string::npos) throw std::runtime_error("--scale-weight expects PATH=FACTOR, got '" + s + "'");
+    const std::string path = s.substr(0, eq);
+    const double factor = std::stod(s.substr(eq + 1));
+    root.set(path, root.tensor(path) * factor);
+    std::printf("  scaled %s by %g\n", path.c_str(), factor);
+  }
+  const size_t n = record_vision_chained(root, cfg, ref, out_path);
+  std::printf("recorded %zu calls of the functional vision tower to %s\n", n, out_path.c_str());
+  return 0;
+}
+
+// --- compare: two recordings, first divergence and error growth -------------------------------------------
+int cmd_compare(const std::string& ref_path, const std::string& ours_path, bool all) {
+  Recording ref = Recording::open(ref_path), ours = Recording::open(ours_path);
+  CompareReport rep = compare_recordings(ref, ours);
+  std::printf("qvl compare\n  reference: %s (%s)\n  ours:      %s (%s)\n  dtype:     %s\n\n", ref_path.c_str(),
+              ref.attr("producer").c_str(), ours_path.c_str(), ours.attr("producer").c_str(), ref.attr("dtype").c_str());
+  std::printf("%-6s %-46s %-34s %-7s %12s %10s\n", "call", "module_path", "class", "verdict", "pearson", "max_rel");
+  for (size_t i = 0; i < rep.rows.size(); ++i) {
+    const CompareRow& r = rep.rows[i];
+    if (!r.present && !all) continue;
+    std::printf("%-6s %-46s %-34s ", r.ref.group.c_str(), trunc(r.ref.module_path, 46).c_str(),
+                trunc(r.ref.module_class, 34).c_str());
+    if (!r.present) {
+      std::printf("-       (not in ours)\n");
+      continue;
+    }
+    std::printf("%-7s %12.9f %10.2e%s\n", r.pass ? "PASS" : "FAIL", r.min_pearson, r.max_rel,
+                static_cast<int>(i) == rep.first_divergent ? "   <-- first divergence" : "");
+  }
+  // Error growth over the stacked blocks (vision blocks, decoder layers).
+  std::printf("\nerror growth by block (output max_rel vs the reference):\n");
+  for (const auto& r : rep.rows)
+    if (r.present && (r.ref.module_class == "Qwen2_5_VLVisionBlock" || r.ref.module_class == "Qwen2_5_VLDecoderLayer"))
+      std::printf("  %-40s %10.2e  %s\n", r.ref.module_path.c_str(), r.max_rel, r.pass ? "PASS" : "FAIL");
+  std::printf("\nsummary: %d compared, %d failed, %d reference calls not in ours\n", rep.compared, rep.failed, rep.missing);
+  if (rep.first_divergent >= 0) {
+    const CompareRow& r = rep.rows[rep.first_divergent];
+    std::printf("first divergent module: %s (%s, call %s): %s\n", r.ref.module_path.c_str(), r.ref.module_class.c_str(),
+                r.ref.group.c_str(), r.why.c_str());
+  }
+  if (rep.compared == 0) {
+    std::printf("qvl compare: no call of the reference is in ours; nothing was compared\n");
+    return 1;
+  }
+  return rep.failed ? 1 : 0;
+}
+
 // --- convert ---------------------------------------------------------------------------------------
 int cmd_convert(const std::string& dir, const std::string& out, int gzip) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -236,6 +298,21 @@ int main(int argc, char** argv) {
   convert->add_option("out", out, "Output .h5 (written to a temporary file, renamed when complete)")->required();
   convert->add_option("--gzip", gzip, "gzip level 0-9 (0: none)")->check(CLI::Range(0, 9));
 
+  std::string ref_path, ours_path, run_out;
+  std::vector<std::string> scales;
+  std::string run_weights = kDefaultWeights;
+  auto* run_vision = app.add_subcommand("run-vision",
+      "Chained run: the functional vision tower from a recording's pixel_values, recorded from C++");
+  run_vision->add_option("reference", ref_path, "Reference recording (transformers) giving pixel_values and grid_thw")->required();
+  run_vision->add_option("--weights", run_weights, "qvl.weights .h5 or HF checkpoint directory")->capture_default_str();
+  run_vision->add_option("-o,--out", run_out, "Output recording (qvl.recording schema)")->required();
+  run_vision->add_option("--scale-weight", scales, "PATH=FACTOR: scale one weight tensor (see where a change diverges)");
+  bool compare_all = false;
+  auto* compare_cmd = app.add_subcommand("compare", "Compare two recordings call by call; report the first divergent module");
+  compare_cmd->add_option("reference", ref_path, "Reference recording")->required();
+  compare_cmd->add_option("ours", ours_path, "Recording to judge (e.g. from qvl run-vision)")->required();
+  compare_cmd->add_flag("--all", compare_all, "Also list reference calls that ours does not have");
+
   std::string inspect_path;
   auto* inspect = app.add_subcommand("inspect", "List a weights file, a recording, a safetensors file or a checkpoint");
   inspect->add_option("file", inspect_path, "File or checkpoint directory")->required();
@@ -246,6 +323,8 @@ int main(int argc, char** argv) {
     if (check->parsed()) return cmd_check(weights, recording, verbose, only);
     if (convert->parsed()) return cmd_convert(hf_dir, out, gzip);
     if (inspect->parsed()) return cmd_inspect(inspect_path);
+    if (run_vision->parsed()) return cmd_run_vision(run_weights, ref_path, run_out, scales);
+    if (compare_cmd->parsed()) return cmd_compare(ref_path, ours_path, compare_all);
   } catch (const c10::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "qvl %s: error: %s\n", name.c_str(), e.what_without_backtrace());

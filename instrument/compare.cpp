@@ -1,0 +1,112 @@
+#include "instrument/compare.h"
+
+#include <map>
+
+#include "functional/vision.h"
+
+namespace qvl {
+
+size_t record_vision_chained(const Weights& root, const ModelConfig& cfg, const Recording& ref,
+                             const std::string& out_path) {
+  size_t tower = ref.calls().size();
+  for (size_t i = 0; i < ref.calls().size() && tower == ref.calls().size(); ++i)
+    if (ref.calls()[i].module_class == "Qwen2_5_VisionTransformerPretrainedModel") tower = i;
+  if (tower == ref.calls().size()) throw std::runtime_error("'" + ref.path() + "': no vision tower call to take inputs from");
+  RecordedCall call = ref.load(tower);
+  const at::Tensor pixel_values = call.input("hidden_states", 0).as_tensor("pixel_values");
+  const at::Tensor grid_thw = call.input("grid_thw", 1).as_tensor("grid_thw");
+  std::map<std::string, std::string> attrs = {
+      {"producer", "qvl 0.1.0"},
+      {"dtype", ref.attr("dtype")},
+      {"device", "cpu"},
+      {"attn_implementation", "functional (eager-equivalent)"},
+      {"config", ref.has_attr("config") ? ref.attr("config") : "{}"},
+      {"scenario", ref.has_attr("scenario") ? ref.attr("scenario") : "{}"},
+      {"reference", ref.path()}};
+  RecordingWriter writer(out_path, attrs);
+  vision::transformer(root.at(call.header.module_path), pixel_values, grid_thw, cfg.vision, &writer);
+  writer.close();
+  return writer.size();
+}
+
+CompareReport compare_recordings(const Recording& ref, const Recording& ours) {
+  CompareReport rep;
+  std::map<std::pair<std::string, int64_t>, size_t> ours_index;
+  for (size_t i = 0; i < ours.calls().size(); ++i) {
+    const CallHeader& h = ours.calls()[i];
+    ours_index[{h.module_path, h.call_index}] = i;
+  }
+  const std::string dtype = ref.attr("dtype");
+  const bool bf16 = dtype == "bfloat16";
+  for (size_t i = 0; i < ref.calls().size(); ++i) {
+    CompareRow row;
+    row.ref = ref.calls()[i];
+    auto it = ours_index.find({row.ref.module_path, row.ref.call_index});
+    if (it == ours_index.end()) {
+      ++rep.missing;
+      rep.rows.push_back(std::move(row));
+      continue;
+    }
+    row.present = true;
+    RecordedCall r = ref.load(i), o = ours.load(it->second);
+    std::map<std::string, at::Tensor> mine, fp32;
+    for (auto& [n, t] : o.outputs.tensors()) mine[n] = t;
+    if (!r.outputs_fp32.is_none())
+      for (auto& [n, t] : r.outputs_fp32.tensors()) fp32[n] = t;
+    const Threshold& th = threshold_for(dtype, row.ref.module_class);
+    for (const auto& [name, want] : r.outputs.tensors()) {
+      TensorCheck tc;
+      tc.name = name;
+      auto m = mine.find(name);
+      if (m == mine.end()) {
+        tc.verdict = {false, "no output '" + name + "' in ours"};
+      } else {
+        tc.vs_ref = compare(m->second, want);
+        if (!tc.vs_ref.shape_ok) {
+          tc.verdict = {false, tc.vs_ref.shape_msg};
+        } else if (!want.is_floating_point()) {
+          tc.verdict = judge_exact(tc.vs_ref);
+        } else if (bf16) {
+          if (!fp32.count(name)) {
+            tc.verdict = {false, "the reference has no outputs_fp32 '" + name + "': cannot judge bf16 error"};
+          } else {
+            tc.bf16_rule = true;
+            tc.ours_vs_fp32 = compare(m->second, fp32[name], false);
+            tc.hf_vs_fp32 = compare(want, fp32[name], false);
+            tc.verdict = judge_bf16(tc.ours_vs_fp32, tc.hf_vs_fp32, th);
+          }
+        } else {
+          tc.verdict = judge_fp32(tc.vs_ref, th);
+        }
+        if (tc.vs_ref.shape_ok && !tc.vs_ref.integer) {
+          row.max_rel = std::max(row.max_rel, tc.vs_ref.max_rel);
+          row.min_pearson = std::min(row.min_pearson, tc.vs_ref.pearson);
+        }
+      }
+      if (!tc.verdict.pass && row.pass) {
+        row.pass = false;
+        row.why = name + ": " + tc.verdict.why;
+      }
+      row.tensors.push_back(std::move(tc));
+    }
+    ++rep.compared;
+    rep.failed += !row.pass;
+    rep.rows.push_back(std::move(row));
+  }
+  // The first divergence is the earliest call to *finish* with a divergent output. Calls are numbered in
+  // pre-order (a parent before its children, but it finishes after them), so it is the failing call with
+  // no failing descendant that comes first.
+  std::vector<bool> failing_descendant(rep.rows.size(), false);
+  for (const auto& r : rep.rows) {
+    if (!r.present || r.pass) continue;
+    for (int64_t p = r.ref.parent; p >= 0 && p < static_cast<int64_t>(rep.rows.size()); p = rep.rows[p].ref.parent) {
+      failing_descendant[p] = true;
+    }
+  }
+  for (size_t i = 0; i < rep.rows.size() && rep.first_divergent < 0; ++i) {
+    if (rep.rows[i].present && !rep.rows[i].pass && !failing_descendant[i]) rep.first_divergent = static_cast<int>(i);
+  }
+  return rep;
+}
+
+}  // namespace qvl

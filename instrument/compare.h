@@ -1,0 +1,40 @@
+// Chained-run comparison (DESIGN.md §6.2): two recordings of the same scenario, typically transformers'
+// and qvl's own (RecordingWriter), aligned call by call on (module_path, call_index) in the reference's
+// execution order. Errors accumulate here, so the first divergent call is the module to look at, and the
+// per-block error shows how it grows.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "instrument/recording.h"
+#include "instrument/replay.h"
+
+namespace qvl {
+
+struct CompareRow {
+  CallHeader ref;             // the reference call
+  bool present = false;       // found in `ours`
+  std::vector<TensorCheck> tensors;
+  bool pass = true;
+  std::string why;            // first failing tensor's reason
+  double max_rel = 0.0, min_pearson = 1.0;  // worst over the call's float outputs
+};
+
+struct CompareReport {
+  std::vector<CompareRow> rows;
+  int compared = 0, failed = 0, missing = 0;
+  int first_divergent = -1;   // index into rows of the earliest-finishing failing call, -1 if none
+};
+
+// The chained run of the vision tower: takes pixel_values and grid_thw from `ref`'s vision tower call,
+// runs vision::transformer on `root` (already in the recording's dtype) and writes every call to
+// `out_path` in the qvl.recording schema. Returns the number of calls recorded.
+size_t record_vision_chained(const Weights& root, const ModelConfig& cfg, const Recording& ref,
+                             const std::string& out_path);
+
+// Judges `ours` against `ref` with the thresholds of the reference's dtype (bf16: against the reference's
+// outputs_fp32, at most 2x transformers' own bf16 error).
+CompareReport compare_recordings(const Recording& ref, const Recording& ours);
+
+}  // namespace qvl
