@@ -33,8 +33,9 @@ struct CompareReport {
 size_t record_vision_chained(const Weights& root, const ModelConfig& cfg, const Recording& ref,
                              const std::string& out_path);
 
-// Judges `ours` against `ref` with the thresholds of the reference's dtype (bf16: against the reference's
-// outputs_fp32, at most 2x transformers' own bf16 error).
+// Judges `ours` against `ref` with the thresholds of the reference's dtype. bf16: ours and HF's bf16
+// outputs against the reference's fp32 chain (outputs_fp32_chain: the fp32 model run end to end; older
+// recordings without it fall back to the per-call outputs_fp32), ours at most 2x HF's own error.
 CompareReport compare_recordings(const Recording& ref, const Recording& ours);
 
 }  // namespace qvl

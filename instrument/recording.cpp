@@ -79,6 +79,8 @@ RecordedCall Recording::load(size_t index) const {
   c.inputs = h5::read_value(g.id(), "inputs", here);
   c.outputs = h5::exists(g.id(), "outputs") ? h5::read_value(g.id(), "outputs", here) : Value::dict({});
   c.outputs_fp32 = h5::exists(g.id(), "outputs_fp32") ? h5::read_value(g.id(), "outputs_fp32", here) : Value::none();
+  c.outputs_fp32_chain =
+      h5::exists(g.id(), "outputs_fp32_chain") ? h5::read_value(g.id(), "outputs_fp32_chain", here) : Value::none();
   return c;
 }
 

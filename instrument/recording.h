@@ -26,7 +26,9 @@ struct RecordedCall {
   CallHeader header;
   Value inputs;        // Dict: "arg0".. and keyword names
   Value outputs;       // Dict: "out" or "out0", "out1", ...
-  Value outputs_fp32;  // Dict like outputs (bf16 recordings only), else None
+  Value outputs_fp32;  // Dict like outputs (bf16 recordings only), else None: HF's fp32 module on the
+                       // same (upcast) inputs, the per-call noise floor for isolated replay
+  Value outputs_fp32_chain;  // bf16 recordings: the fp32 model run end to end, the noise floor for a chain
 
   // A named input: the keyword `name` if present, else positional "arg<pos>"; error lists what exists.
   const Value& input(const std::string& name, int pos = -1) const;

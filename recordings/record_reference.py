@@ -110,6 +110,13 @@ TINY_CONFIG = {
         "tokens_per_second": 2,
     },
 }
+# Presets for make-model: the tiny model, and the tiny text model with a real-size vision tower of two
+# blocks (one windowed, one full) at the real dimensions: hidden 1280, 16 heads of 80, intermediate 3420.
+PRESETS = {
+    "tiny": {},
+    "vision-real": {"vision_config": {"depth": 2, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                                      "window_size": 112, "fullatt_block_indexes": [1], "out_hidden_size": 64}},
+}
 DEFAULT_TEXT_BEFORE = [17, 42, 99]
 DEFAULT_TEXT_AFTER = [23, 77, 128, 5]
 
@@ -143,6 +150,8 @@ def randomize_weights(model: torch.nn.Module, seed: int) -> None:
 
 def cmd_make_tiny(args: argparse.Namespace) -> None:
     cfg = json.loads(json.dumps(TINY_CONFIG))
+    for key, val in PRESETS[args.preset].items():
+        cfg[key].update(val) if isinstance(val, dict) else cfg.__setitem__(key, val)
     if args.tie:
         cfg["tie_word_embeddings"] = True
     config = Qwen2_5_VLConfig(**cfg)
@@ -150,7 +159,8 @@ def cmd_make_tiny(args: argparse.Namespace) -> None:
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     randomize_weights(model, args.seed)
     out = os.path.abspath(args.out)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(out) or ".")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(out))
     model.save_pretrained(tmp, safe_serialization=True)
     if os.path.isdir(out):
         for f in os.listdir(out):
@@ -250,6 +260,7 @@ class Call:
     inputs: dict
     outputs: object = None
     outputs_fp32: object = None
+    outputs_fp32_chain: object = None
     has_outputs: bool = False
 
 
@@ -530,6 +541,8 @@ def write_recording(path: str, calls: list[Call], root_attrs: dict) -> None:
                     write_outputs(g, "outputs", c.outputs, seen)
                 if c.outputs_fp32 is not None:
                     write_outputs(g, "outputs_fp32", c.outputs_fp32, seen)
+                if c.outputs_fp32_chain is not None:
+                    write_outputs(g, "outputs_fp32_chain", c.outputs_fp32_chain, seen)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
@@ -626,6 +639,22 @@ def cmd_record(args: argparse.Namespace) -> None:
         model(**kwargs)
     rec.uninstall()
 
+    if shadow is not None:
+        # The chained noise floor: the float32 model (the bf16 weights upcast) run end to end on the same
+        # inputs. A chained comparison (qvl compare) judges our bf16 chain against this fp32 chain, next to
+        # HF's own bf16 chain, since in a chain every call's inputs already carry upstream bf16 drift.
+        chain = Recorder(shadow, None, fullatt=fullatt)
+        chain.install()
+        shadow.model.rope_deltas = None
+        with torch.no_grad():
+            shadow(**upcast(kwargs))
+        chain.uninstall()
+        by_key = {(c.module_path, c.call_index): c for c in chain.calls}
+        for c in rec.calls:
+            m = by_key.get((c.module_path, c.call_index))
+            if m is not None and has_float_tensor(m.outputs):
+                c.outputs_fp32_chain = m.outputs
+
     depth = config.vision_config.depth
     # Window facts per grid: padding (a grid side not a multiple of the window) makes uneven windows.
     window_padding = False
@@ -672,7 +701,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    mk = sub.add_parser("make-tiny", help="build and save the tiny randomised checkpoint")
+    mk = sub.add_parser("make-tiny", help="build and save a small randomised checkpoint (the tiny config or a preset)")
+    mk.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                    help="tiny: reference §3.3; vision-real: tiny text, two vision blocks at the real sizes")
     mk.add_argument("--out", required=True, help="output checkpoint directory (replaced atomically)")
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--tie", action="store_true", help="tie_word_embeddings = true")

@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # Records the vision-tower scenarios of issue 3 with transformers (generated, not committed: each is
 # several MB). Called by the build (target qvl_recordings) into build/recordings/.
-#   scripts/record_scenarios.sh OUT_DIR
+#   scripts/record_scenarios.sh OUT_DIR WEIGHTS_DIR      (WEIGHTS_DIR gets the generated checkpoints)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="${1:?usage: record_scenarios.sh OUT_DIR}"
+out="${1:?usage: record_scenarios.sh OUT_DIR WEIGHTS_DIR}"
+wdir="${2:?usage: record_scenarios.sh OUT_DIR WEIGHTS_DIR}"
 py="${QVL_PYTHON:?QVL_PYTHON must point at the pinned environment}"
 rec="$here/recordings/record_reference.py"
 mkdir -p "$out"
-scenario() {  # name, then recorder arguments; records float32 and bfloat16
-  local name="$1"; shift
+scenario() {  # model dir, name, then recorder arguments; records float32 and bfloat16
+  local model="$1" name="$2"; shift 2
   for dtype in float32 bfloat16; do
     local short=${dtype/float32/fp32}; short=${short/bfloat16/bf16}
-    "$py" "$rec" record --model "$here/weights/tiny" --dtype "$dtype" --name "$name" --seed 0 \
+    "$py" "$rec" record --model "$model" --dtype "$dtype" --name "$name" --seed 0 \
       --out "$out/${name}_${short}.h5" "$@"
   done
 }
+tiny="$here/weights/tiny"
 # The real window_size 112: grid (1, 18, 14), windows of 64, 48, 64, 48, 16 and 12 patches.
-scenario tiny_w112_252x196 --set vision_config.window_size=112 --image synthetic:252x196
+scenario "$tiny" tiny_w112_252x196 --set vision_config.window_size=112 --image synthetic:252x196
 # Two images of different sizes in one forward pass: grids (1, 8, 6) and (1, 6, 8).
-scenario tiny_two_images --image synthetic:112x84 --image synthetic:84x112:7
+scenario "$tiny" tiny_two_images --image synthetic:112x84 --image synthetic:84x112:7
 # A video of 4 different frames: grid (2, 8, 6), second_per_grid_ts 1.0.
-scenario tiny_video --video synthetic:4x112x84
+scenario "$tiny" tiny_video --video synthetic:4x112x84
+# Two vision blocks at the real dimensions on a 476x420 image: grid (1, 34, 30), 1020 patches, 20 windows,
+# uneven at the bottom and right edges (448x448 would tile exactly and exercise no padding). Some bugs only
+# show at real sizes (vllm#15200). The checkpoint is ~260 MB: generated, not committed.
+"$py" "$rec" make-tiny --preset vision-real --out "$wdir/vision_real" --seed 1
+scenario "$wdir/vision_real" vision_real_476x420 --image synthetic:476x420 --text-before "17" --text-after "23"
 touch "$out/.stamp"

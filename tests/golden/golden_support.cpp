@@ -29,8 +29,19 @@ const GoldenModel& model_for(const Recording& rec) {
   if (it != cache.end()) return it->second;
   h5::File f = h5::open_read(rec.path());
   const std::string model_dir = h5::attr_str(f.id(), "model_dir", rec.path());
+  // weights/<name>.h5 (committed, converted), else a checkpoint directory: weights/<name>/ or the build's
+  // generated weights (the real-size vision model).
+  std::string wpath;
+  for (const std::string& p : {data_path("weights/" + model_dir + ".h5"), data_path("weights/" + model_dir),
+                               std::string(QVL_GENERATED_WEIGHTS) + "/" + model_dir}) {
+    if (fs::exists(p)) {
+      wpath = p;
+      break;
+    }
+  }
+  if (wpath.empty()) throw std::runtime_error(rec.path() + ": weights '" + model_dir + "' not found");
   GoldenModel m;
-  m.weights = load_weights_any(data_path("weights/" + model_dir + ".h5"), &m.config);
+  m.weights = load_weights_any(wpath, &m.config);
   m.config = recording_config(rec, m.config);
   const std::string dtype = rec.attr("dtype");
   if (dtype == "bfloat16") m.weights = cast_floating(m.weights, at::kBFloat16);

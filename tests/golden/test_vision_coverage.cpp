@@ -58,7 +58,7 @@ TEST(GoldenCoverage, VisionScenariosAreRecorded) {
   if (!std::filesystem::exists(dir + "/.stamp")) {
     GTEST_SKIP() << "scenario recordings absent: " << dir << " (configure with -DQVL_PYTHON=<pinned venv python>)";
   }
-  for (const char* name : {"tiny_w112_252x196", "tiny_two_images", "tiny_video"})
+  for (const char* name : {"tiny_w112_252x196", "tiny_two_images", "tiny_video", "vision_real_476x420"})
     for (const char* d : {"fp32", "bf16"})
       EXPECT_TRUE(file_exists(dir + "/" + name + "_" + d + ".h5")) << name << "_" << d;
 }
