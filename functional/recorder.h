@@ -29,6 +29,13 @@ class RecordScope {
       : rec_(rec) {
     if (rec_) handle_ = rec_->begin(path, cls, make_inputs(), settings_json);
   }
+  // Settings built lazily too (only when recording).
+  template <typename MakeInputs, typename MakeSettings>
+  RecordScope(Recorder* rec, const std::string& path, const char* cls, MakeInputs&& make_inputs,
+              MakeSettings&& make_settings, int /*lazy settings tag*/)
+      : rec_(rec) {
+    if (rec_) handle_ = rec_->begin(path, cls, make_inputs(), make_settings());
+  }
   void done(const Value& outputs) {
     if (rec_) rec_->end(handle_, outputs);
     rec_ = nullptr;

@@ -57,10 +57,9 @@ std::vector<std::array<int64_t, 3>> grids(const at::Tensor& grid_thw, const char
     throw std::runtime_error(std::string(fn) + ": grid_thw must be [G, 3], got " + shape_str(grid_thw.sizes()));
   }
   at::Tensor g = grid_thw.to(at::kCPU).to(at::kLong).contiguous();
+  const int64_t* p = g.data_ptr<int64_t>();
   std::vector<std::array<int64_t, 3>> out;
-  for (int64_t i = 0; i < g.size(0); ++i) {
-    out.push_back({g[i][0].item<int64_t>(), g[i][1].item<int64_t>(), g[i][2].item<int64_t>()});
-  }
+  for (int64_t i = 0; i < g.size(0); ++i) out.push_back({p[3 * i], p[3 * i + 1], p[3 * i + 2]});
   return out;
 }
 std::string grid_str(const std::array<int64_t, 3>& g) {
@@ -111,8 +110,8 @@ WindowIndex window_index(const at::Tensor& grid_thw, int64_t m, int64_t window_s
     at::Tensor seqlens = padded.ne(-100).sum({2, 3}).reshape(-1);  // merged tokens per window (may be 0)
     padded = padded.reshape(-1);
     index_parts.push_back(padded.masked_select(padded.ne(-100)) + base);
-    at::Tensor cum = seqlens.cumsum(0) * unit + cu.back();
-    for (int64_t i = 0; i < cum.numel(); ++i) cu.push_back(cum[i].item<int64_t>());
+    at::Tensor cum = (seqlens.cumsum(0) * unit + cu.back()).contiguous();
+    cu.insert(cu.end(), cum.data_ptr<int64_t>(), cum.data_ptr<int64_t>() + cum.numel());
     base += t * lh * lw;
   }
   WindowIndex out;
@@ -162,8 +161,9 @@ at::Tensor attention(const Weights& w, const at::Tensor& x, const at::Tensor& cu
                      const VisionConfig& c, Recorder* rec) {
   const int64_t S = x.size(0), C = c.hidden_size, H = c.num_heads, Dh = c.head_dim();
   if (x.dim() != 2 || x.size(1) != C) throw std::runtime_error("vision::attention: x must be [S, " + std::to_string(C) + "], got " + shape_str(x.sizes()));
-  at::Tensor cu_l = cu.to(at::kCPU).to(at::kLong);
-  if (cu_l.dim() != 1 || cu_l.numel() < 2 || cu_l[0].item<int64_t>() != 0 || cu_l[-1].item<int64_t>() != S) {
+  at::Tensor cu_l = cu.to(at::kCPU).to(at::kLong).contiguous();
+  const int64_t* cp = cu_l.data_ptr<int64_t>();
+  if (cu_l.dim() != 1 || cu_l.numel() < 2 || cp[0] != 0 || cp[cu_l.numel() - 1] != S) {
     throw std::runtime_error("vision::attention: cu_seqlens must run from 0 to S = " + std::to_string(S) + ", got " + shape_str(cu.sizes()));
   }
   RecordScope rs(rec, w.path(), "Qwen2_5_VLVisionAttention", [&] {
@@ -186,7 +186,7 @@ at::Tensor attention(const Weights& w, const at::Tensor& x, const at::Tensor& cu
   const double scaling = std::pow(static_cast<double>(Dh), -0.5);
   std::vector<at::Tensor> outs;
   for (int64_t i = 0; i + 1 < cu_l.numel(); ++i) {
-    const int64_t a = cu_l[i].item<int64_t>(), b = cu_l[i + 1].item<int64_t>();
+    const int64_t a = cp[i], b = cp[i + 1];
     at::Tensor qi = q.slice(2, a, b), ki = k.slice(2, a, b), vi = v.slice(2, a, b);
     // eager_attention_forward: softmax(q @ k^T * scaling, dtype=float32).to(q.dtype) @ v
     at::Tensor wts = at::matmul(qi, ki.transpose(2, 3)) * scaling;        // [1, H, L, L]
