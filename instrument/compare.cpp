@@ -36,8 +36,6 @@ CompareReport compare_recordings(const Recording& ref, const Recording& ours) {
     const CallHeader& h = ours.calls()[i];
     ours_index[{h.module_path, h.call_index}] = i;
   }
-  const std::string dtype = ref.attr("dtype");
-  const bool bf16 = dtype == "bfloat16";
   for (size_t i = 0; i < ref.calls().size(); ++i) {
     CompareRow row;
     row.ref = ref.calls()[i];
@@ -49,48 +47,19 @@ CompareReport compare_recordings(const Recording& ref, const Recording& ours) {
     }
     row.present = true;
     RecordedCall r = ref.load(i), o = ours.load(it->second);
-    std::map<std::string, at::Tensor> mine, fp32;
-    for (auto& [n, t] : o.outputs.tensors()) mine[n] = t;
     // In a chain every call's inputs carry upstream bf16 drift, so the noise floor is HF's fp32 model run
     // end to end (outputs_fp32_chain), not its fp32 module on HF's own bf16 inputs (outputs_fp32).
     const Value& floor = r.outputs_fp32_chain.is_none() ? r.outputs_fp32 : r.outputs_fp32_chain;
-    if (!floor.is_none())
-      for (auto& [n, t] : floor.tensors()) fp32[n] = t;
-    const Threshold& th = threshold_for(dtype, row.ref.module_class);
-    for (const auto& [name, want] : r.outputs.tensors()) {
-      TensorCheck tc;
-      tc.name = name;
-      auto m = mine.find(name);
-      if (m == mine.end()) {
-        tc.verdict = {false, "no output '" + name + "' in ours"};
-      } else {
-        tc.vs_ref = compare(m->second, want);
-        if (!tc.vs_ref.shape_ok) {
-          tc.verdict = {false, tc.vs_ref.shape_msg};
-        } else if (!want.is_floating_point()) {
-          tc.verdict = judge_exact(tc.vs_ref);
-        } else if (bf16) {
-          if (!fp32.count(name)) {
-            tc.verdict = {false, "the reference has no outputs_fp32 '" + name + "': cannot judge bf16 error"};
-          } else {
-            tc.bf16_rule = true;
-            tc.ours_vs_fp32 = compare(m->second, fp32[name], false);
-            tc.hf_vs_fp32 = compare(want, fp32[name], false);
-            tc.verdict = judge_bf16(tc.ours_vs_fp32, tc.hf_vs_fp32, th);
-          }
-        } else {
-          tc.verdict = judge_fp32(tc.vs_ref, th);
-        }
-        if (tc.vs_ref.shape_ok && !tc.vs_ref.integer) {
-          row.max_rel = std::max(row.max_rel, tc.vs_ref.max_rel);
-          row.min_pearson = std::min(row.min_pearson, tc.vs_ref.pearson);
-        }
+    row.tensors = judge_outputs(o.outputs, r.outputs, floor, ref.attr("dtype"), row.ref.module_class);
+    for (const auto& tc : row.tensors) {
+      if (tc.vs_ref.shape_ok && !tc.vs_ref.integer) {
+        row.max_rel = std::max(row.max_rel, tc.vs_ref.max_rel);
+        row.min_pearson = std::min(row.min_pearson, tc.vs_ref.pearson);
       }
       if (!tc.verdict.pass && row.pass) {
         row.pass = false;
-        row.why = name + ": " + tc.verdict.why;
+        row.why = tc.name + ": " + tc.verdict.why;
       }
-      row.tensors.push_back(std::move(tc));
     }
     ++rep.compared;
     rep.failed += !row.pass;

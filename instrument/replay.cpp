@@ -128,6 +128,49 @@ ModelConfig recording_config(const Recording& rec, const ModelConfig& fallback) 
   return parse_model_config(rec.attr("config"), rec.path() + ":config");
 }
 
+std::vector<TensorCheck> judge_outputs(const Value& ours, const Value& ref, const Value& fp32_floor,
+                                       const std::string& dtype, const std::string& module_class) {
+  std::map<std::string, at::Tensor> mine, floor;
+  for (auto& [n, t] : ours.tensors()) mine[n] = t;
+  if (!fp32_floor.is_none())
+    for (auto& [n, t] : fp32_floor.tensors()) floor[n] = t;
+  const bool bf16 = dtype == "bfloat16";
+  const Threshold& th = threshold_for(dtype, module_class);
+  std::vector<TensorCheck> out;
+  for (const auto& [name, want] : ref.tensors()) {
+    TensorCheck tc;
+    tc.name = name;
+    auto it = mine.find(name);
+    if (it == mine.end()) {
+      tc.vs_ref.shape_ok = false;
+      tc.vs_ref.shape_msg = "ours has no output '" + name + "'";
+      tc.verdict = {false, tc.vs_ref.shape_msg};
+    } else {
+      tc.vs_ref = compare(it->second, want);
+      if (!tc.vs_ref.shape_ok) {
+        tc.verdict = {false, tc.vs_ref.shape_msg};
+      } else if (!want.is_floating_point()) {
+        tc.verdict = judge_exact(tc.vs_ref);
+      } else if (bf16) {
+        auto f = floor.find(name);
+        if (f == floor.end()) {
+          tc.verdict = {false, "the bf16 recording has no float32 output '" + name + "': cannot judge bf16 error"};
+        } else {
+          tc.bf16_rule = true;
+          // Against the float32 run the dtypes differ by design; the dtype itself is checked above.
+          tc.ours_vs_fp32 = compare(it->second, f->second, /*check_dtype=*/false);
+          tc.hf_vs_fp32 = compare(want, f->second, /*check_dtype=*/false);
+          tc.verdict = judge_bf16(tc.ours_vs_fp32, tc.hf_vs_fp32, th);
+        }
+      } else {
+        tc.verdict = judge_fp32(tc.vs_ref, th);
+      }
+    }
+    out.push_back(std::move(tc));
+  }
+  return out;
+}
+
 Weights cast_floating(const Weights& w, at::ScalarType dtype) {
   Weights out;
   for (const auto& [k, t] : w.flatten()) out.set(k, t.is_floating_point() ? t.to(dtype) : t);
@@ -149,47 +192,14 @@ CallResult replay_call(const Recording& rec, size_t index, const Weights& root, 
     const bool is_function = nlohmann::json::parse(call.header.settings, nullptr, false).value("kind", "") == "function";
     Weights w = is_function ? Weights() : root.at_or_empty(call.header.module_path);
     Value ours = as_outputs((*fn)(call, w, cfg));
-    std::map<std::string, at::Tensor> ours_by_name, fp32_by_name;
-    for (auto& [n, t] : ours.tensors()) ours_by_name[n] = t;
-    if (!call.outputs_fp32.is_none())
-      for (auto& [n, t] : call.outputs_fp32.tensors()) fp32_by_name[n] = t;
-
-    const Threshold& th = threshold_for(rec.attr("dtype"), r.header.module_class);
+    r.tensors = judge_outputs(ours, call.outputs, call.outputs_fp32, rec.attr("dtype"), r.header.module_class);
     r.status = CallResult::Status::Pass;
-    for (const auto& [name, ref] : call.outputs.tensors()) {
-      TensorCheck tc;
-      tc.name = name;
-      auto it = ours_by_name.find(name);
-      if (it == ours_by_name.end()) {
-        tc.vs_ref.shape_ok = false;
-        tc.vs_ref.shape_msg = "our function returned no output '" + name + "'";
-        tc.verdict = {false, tc.vs_ref.shape_msg};
-      } else {
-        tc.vs_ref = compare(it->second, ref);
-        if (!tc.vs_ref.shape_ok) {
-          tc.verdict = {false, tc.vs_ref.shape_msg};
-        } else if (!ref.is_floating_point()) {
-          tc.verdict = judge_exact(tc.vs_ref);
-        } else if (bf16) {
-          auto f = fp32_by_name.find(name);
-          if (f == fp32_by_name.end()) {
-            tc.verdict = {false, "the bf16 recording has no outputs_fp32 '" + name + "': cannot judge bf16 error"};
-          } else {
-            tc.bf16_rule = true;
-            // Against the float32 module the dtypes differ by design; the dtype itself is checked above.
-            tc.ours_vs_fp32 = compare(it->second, f->second, /*check_dtype=*/false);
-            tc.hf_vs_fp32 = compare(ref, f->second, /*check_dtype=*/false);
-            tc.verdict = judge_bf16(tc.ours_vs_fp32, tc.hf_vs_fp32, th);
-          }
-        } else {
-          tc.verdict = judge_fp32(tc.vs_ref, th);
-        }
-      }
-      if (!tc.verdict.pass && r.status == CallResult::Status::Pass) {
+    for (const auto& tc : r.tensors) {
+      if (!tc.verdict.pass) {
         r.status = CallResult::Status::Fail;
-        r.error = name + ": " + tc.verdict.why;
+        r.error = tc.name + ": " + tc.verdict.why;
+        break;
       }
-      r.tensors.push_back(std::move(tc));
     }
     if (r.tensors.empty()) {
       r.status = CallResult::Status::Error;

@@ -40,6 +40,12 @@ struct TensorCheck {
   Judgement verdict;
 };
 
+// Judges every output tensor of one call: `ours` and `ref` are output dicts ({out} or {out0, out1, ...}),
+// `fp32_floor` HF's float32 outputs for a bfloat16 recording (None otherwise). Integers exact; float32 by
+// the fp32 rule; bfloat16 by the ratio rule against the floor. A missing output is a failure.
+std::vector<TensorCheck> judge_outputs(const Value& ours, const Value& ref, const Value& fp32_floor,
+                                       const std::string& dtype, const std::string& module_class);
+
 struct CallResult {
   enum class Status { Pass, Fail, NoFunction, Error };
   CallHeader header;
