@@ -141,11 +141,6 @@ CosSin rotary(const at::Tensor& pos, const VisionConfig& c, Recorder* rec, const
   return out;
 }
 
-at::Tensor rotate_half(const at::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return at::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
-}
-
 std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb_vision(const at::Tensor& q, const at::Tensor& k,
                                                               const at::Tensor& cos, const at::Tensor& sin) {
   // q, k = q.float(), k.float(); cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()

@@ -5,6 +5,7 @@
 
 #include "functional/config.h"
 #include "functional/recorder.h"
+#include "functional/rotary.h"
 #include "functional/weights.h"
 
 namespace qvl::vision {
@@ -58,14 +59,11 @@ WindowIndex window_index(const at::Tensor& grid_thw, int64_t spatial_merge_size,
 //   position_ids  [S, 2] int64 (h, w)
 //   cos, sin      [S, Dh] float32: per patch [h*inv | w*inv | h*inv | w*inv], inv = theta^(-2i/(Dh/2)), i < Dh/4
 // Quirk: always float32, whatever the model dtype (x only supplies the device).
-struct CosSin {
-  at::Tensor cos, sin;
-};
+using qvl::CosSin;
 CosSin rotary(const at::Tensor& position_ids, const VisionConfig& c, Recorder* rec = nullptr,
               const std::string& path = "model.visual.rotary_pos_emb");
 
-// rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2])
-at::Tensor rotate_half(const at::Tensor& x);
+using qvl::rotate_half;
 
 // Mirrors apply_rotary_pos_emb_vision(q, k, cos, sin).
 //   q, k      [S, H, Dh]  any float dtype

@@ -6,6 +6,7 @@
 #include "functional/mlp.h"
 #include "instrument/config_json.h"
 #include "functional/norm.h"
+#include "functional/text.h"
 #include "functional/vision.h"
 
 namespace qvl {
@@ -109,6 +110,68 @@ Registry Registry::defaults() {
     return Value::dict({{"last_hidden_state", Value::of(out.last_hidden_state)},
                         {"pooler_output", Value::of(out.pooler_output)}});
   });
+
+  // --- text decoder and the full model (issue 4) ---
+  auto opt = [](const RecordedCall& c, const std::string& name) {
+    return c.inputs.has(name) && c.inputs.at(name).is_tensor() ? c.inputs.at(name).tensor : at::Tensor();
+  };
+  r.set("Qwen2_5_VLRotaryEmbedding", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
+    auto cs = text::rotary(c.input("position_ids", 1).as_tensor(), c.input("x", 0).as_tensor().scalar_type(), cfg.text);
+    return Value::tuple({Value::of(cs.cos), Value::of(cs.sin)});
+  });
+  r.set("apply_rotary_pos_emb", [](const RecordedCall& c, const Weights&, const ModelConfig&) {
+    auto [q, k] = text::apply_rotary_pos_emb(c.input("q", 0).as_tensor(), c.input("k", 1).as_tensor(),
+                                             c.input("cos", 2).as_tensor(), c.input("sin", 3).as_tensor());
+    return Value::tuple({Value::of(q), Value::of(k)});
+  });
+  r.set("Qwen2_5_VLAttention", [cos_sin, opt](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    auto o = text::attention(w, c.input("hidden_states", 0).as_tensor(), opt(c, "attention_mask"), cos_sin(c), cfg.text);
+    return Value::tuple({Value::of(o.out), Value::of(o.weights)});
+  });
+  r.set("Qwen2_5_VLDecoderLayer", [cos_sin, opt](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    return Value::of(text::decoder_layer(w, c.input("hidden_states", 0).as_tensor(), opt(c, "attention_mask"),
+                                         cos_sin(c), cfg.text));
+  });
+  r.set("Qwen2_5_VLTextModel", [opt](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    at::Tensor embeds = opt(c, "inputs_embeds");
+    if (!embeds.defined()) embeds = at::embedding(w.tensor("embed_tokens.weight"), c.input("input_ids", 0).as_tensor());
+    at::Tensor h = text::text_model(w, embeds, opt(c, "attention_mask"), opt(c, "position_ids"), cfg.text);
+    return Value::dict({{"last_hidden_state", Value::of(h)}});
+  });
+  r.set("get_rope_index", [opt](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
+    auto ri = model::get_rope_index(c.input("input_ids", 0).as_tensor(), c.input("mm_token_type_ids", 1).as_tensor(),
+                                    opt(c, "image_grid_thw"), opt(c, "video_grid_thw"), opt(c, "second_per_grid_ts"),
+                                    opt(c, "attention_mask"), cfg);
+    return Value::tuple({Value::of(ri.position_ids), Value::of(ri.deltas)});
+  });
+  r.set("Embedding", [](const RecordedCall& c, const Weights& w, const ModelConfig&) {
+    return Value::of(at::embedding(w.tensor("weight"), c.input("input", 0).as_tensor()));
+  });
+  r.set("Linear", [](const RecordedCall& c, const Weights& w, const ModelConfig&) {
+    return Value::of(linear(w, c.input("input", 0).as_tensor(), w.has("bias")));
+  });
+  auto inputs_of = [opt](const RecordedCall& c) {
+    model::Inputs in;
+    in.input_ids = c.input("input_ids").as_tensor();
+    in.attention_mask = opt(c, "attention_mask");
+    in.mm_token_type_ids = opt(c, "mm_token_type_ids");
+    in.pixel_values = opt(c, "pixel_values");
+    in.image_grid_thw = opt(c, "image_grid_thw");
+    in.pixel_values_videos = opt(c, "pixel_values_videos");
+    in.video_grid_thw = opt(c, "video_grid_thw");
+    in.second_per_grid_ts = opt(c, "second_per_grid_ts");
+    return in;
+  };
+  r.set("Qwen2_5_VLModel", [inputs_of](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    auto o = model::forward(w, inputs_of(c), cfg);
+    return Value::dict({{"last_hidden_state", Value::of(o.last_hidden_state)},
+                        {"rope_deltas", o.rope_deltas.defined() ? Value::of(o.rope_deltas) : Value::none()}});
+  });
+  r.set("Qwen2_5_VLForConditionalGeneration", [inputs_of](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    auto o = model::lm_forward(w, inputs_of(c), cfg);
+    return Value::dict({{"logits", Value::of(o.logits)},
+                        {"rope_deltas", o.rope_deltas.defined() ? Value::of(o.rope_deltas) : Value::none()}});
+  });
   return r;
 }
 
@@ -190,7 +253,7 @@ CallResult replay_call(const Recording& rec, size_t index, const Weights& root, 
   try {
     RecordedCall call = rec.load(index);
     const bool is_function = nlohmann::json::parse(call.header.settings, nullptr, false).value("kind", "") == "function";
-    Weights w = is_function ? Weights() : root.at_or_empty(call.header.module_path);
+    Weights w = is_function ? Weights() : call.header.module_path.empty() ? root : root.at_or_empty(call.header.module_path);
     Value ours = as_outputs((*fn)(call, w, cfg));
     r.tensors = judge_outputs(ours, call.outputs, call.outputs_fp32, rec.attr("dtype"), r.header.module_class);
     r.status = CallResult::Status::Pass;

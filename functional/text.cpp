@@ -1,0 +1,274 @@
+#include "functional/text.h"
+
+#include <cmath>
+#include <limits>
+
+#include "functional/mlp.h"
+#include "functional/norm.h"
+#include "functional/vision.h"
+
+namespace qvl::text {
+
+CosSin rotary(const at::Tensor& pos, at::ScalarType dtype, const TextConfig& c, Recorder* rec, const std::string& path) {
+  if (pos.dim() != 3 || pos.size(0) != 3) {
+    throw std::runtime_error("text::rotary: position_ids must be [3, B, T], got " + shape_str(pos.sizes()));
+  }
+  RecordScope rs(rec, path, "Qwen2_5_VLRotaryEmbedding", [&] { return Value::dict({{"arg1", Value::of(pos)}}); });
+  const int64_t Dh = c.head_dim(), B = pos.size(1);
+  // inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+  at::Tensor inv_freq = at::reciprocal(at::pow(c.rope_theta, at::arange(0, Dh, 2, at::kFloat) / Dh));
+  // inv_freq[None, None, :, None].float().expand(3, B, -1, 1) @ position_ids[:, :, None, :].float()
+  at::Tensor inv = inv_freq.view({1, 1, -1, 1}).expand({3, B, -1, 1});
+  at::Tensor p = pos.unsqueeze(2).to(at::kFloat);                      // [3, B, 1, T]
+  at::Tensor freqs = at::matmul(inv, p).transpose(2, 3);              // [3, B, T, Dh/2] (attention_scaling 1)
+  // recomposition_frequencies: chunk i of mrope_section comes from row i % 3; then cat((f, f), -1)
+  auto recompose = [&](const at::Tensor& f) {
+    std::vector<at::Tensor> parts;
+    auto chunks = f.split_with_sizes(c.mrope_section, -1);
+    for (size_t i = 0; i < chunks.size(); ++i) parts.push_back(chunks[i][i % 3]);
+    at::Tensor half = at::cat(parts, -1);                              // [B, T, Dh/2]
+    return at::cat({half, half}, -1);                                  // [B, T, Dh]
+  };
+  CosSin out{recompose(freqs.cos()).to(dtype), recompose(freqs.sin()).to(dtype)};
+  rs.done(Value::tuple({Value::of(out.cos), Value::of(out.sin)}));
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                                       const at::Tensor& sin) {
+  at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // [B, 1, T, Dh]
+  return {(q * c) + (rotate_half(q) * s), (k * c) + (rotate_half(k) * s)};
+}
+
+at::Tensor causal_mask(const at::Tensor& attention_mask, int64_t B, int64_t q_len, int64_t past, at::ScalarType dtype) {
+  const int64_t kv_len = past + q_len;
+  at::Tensor q_idx = at::arange(q_len, at::kLong).view({1, 1, -1, 1}) + past;
+  at::Tensor k_idx = at::arange(kv_len, at::kLong).view({1, 1, 1, -1});
+  at::Tensor allowed = k_idx.le(q_idx).expand({B, 1, q_len, kv_len});  // causal_mask_function
+  if (attention_mask.defined()) {
+    if (attention_mask.dim() != 2 || attention_mask.size(0) != B || attention_mask.size(1) != kv_len) {
+      throw std::runtime_error("text::causal_mask: attention_mask must be [" + std::to_string(B) + ", " +
+                               std::to_string(kv_len) + "], got " + shape_str(attention_mask.sizes()));
+    }
+    allowed = allowed.logical_and(attention_mask.to(at::kBool).view({B, 1, 1, kv_len}));  // padding_mask_function
+  }
+  // torch.where(mask, torch.tensor(0.0, dtype=dtype), torch.finfo(dtype).min)
+  const double min = dtype == at::kBFloat16 ? -3.3895313892515355e38
+                     : dtype == at::kHalf   ? -65504.0
+                     : dtype == at::kDouble ? std::numeric_limits<double>::lowest()
+                                            : static_cast<double>(std::numeric_limits<float>::lowest());
+  return at::where(allowed, at::zeros({}, at::TensorOptions().dtype(dtype)), at::full({}, min, at::TensorOptions().dtype(dtype)));
+}
+
+AttentionOutput attention(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
+                          const TextConfig& c, Recorder* rec) {
+  if (x.dim() != 3 || x.size(2) != c.hidden_size) {
+    throw std::runtime_error("text::attention: x must be [B, T, " + std::to_string(c.hidden_size) + "], got " +
+                             shape_str(x.sizes()));
+  }
+  const int64_t B = x.size(0), T = x.size(1), D = c.hidden_size, H = c.num_attention_heads,
+                Hkv = c.num_key_value_heads, Dh = c.head_dim(), rep = H / Hkv;
+  RecordScope rs(rec, w.path(), "Qwen2_5_VLAttention", [&] {
+    return Value::dict({{"hidden_states", Value::of(x)},
+                        {"attention_mask", mask.defined() ? Value::of(mask) : Value::none()},
+                        {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
+  });
+  // self.q_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
+  at::Tensor q = linear(w.at("q_proj"), x, true, H * Dh, D).view({B, T, -1, Dh}).transpose(1, 2);    // [B, H, T, Dh]
+  at::Tensor k = linear(w.at("k_proj"), x, true, Hkv * Dh, D).view({B, T, -1, Dh}).transpose(1, 2);  // [B, Hkv, T, Dh]
+  at::Tensor v = linear(w.at("v_proj"), x, true, Hkv * Dh, D).view({B, T, -1, Dh}).transpose(1, 2);  // [B, Hkv, T, Dh]
+  RecordScope rot(rec, w.path() + ".apply_rotary_pos_emb", "apply_rotary_pos_emb", [&] {
+    return Value::dict({{"arg0", Value::of(q)}, {"arg1", Value::of(k)}, {"arg2", Value::of(rope.cos)},
+                        {"arg3", Value::of(rope.sin)}});
+  }, "{\"kind\": \"function\"}");
+  std::tie(q, k) = apply_rotary_pos_emb(q, k, rope.cos, rope.sin);
+  rot.done(Value::tuple({Value::of(q), Value::of(k)}));
+  // repeat_kv: [B, Hkv, T, Dh] -> [B, Hkv * rep, T, Dh]
+  auto repeat_kv = [&](const at::Tensor& t) {
+    if (rep == 1) return t;
+    return t.unsqueeze(2).expand({B, Hkv, rep, t.size(2), Dh}).reshape({B, Hkv * rep, t.size(2), Dh});
+  };
+  const double scaling = std::pow(static_cast<double>(Dh), -0.5);
+  at::Tensor wts = at::matmul(q, repeat_kv(k).transpose(2, 3)) * scaling;  // [B, H, T, T]
+  if (mask.defined()) wts = wts + mask;
+  wts = at::softmax(wts, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor o = at::matmul(wts, repeat_kv(v)).transpose(1, 2).contiguous();  // [B, T, H, Dh]
+  o = o.reshape({B, T, -1}).contiguous();
+  AttentionOutput out{linear(w.at("o_proj"), o, /*bias=*/false, D, H * Dh), wts};
+  rs.done(Value::tuple({Value::of(out.out), Value::of(out.weights)}));
+  return out;
+}
+
+at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
+                         const TextConfig& c, Recorder* rec) {
+  RecordScope rs(rec, w.path(), "Qwen2_5_VLDecoderLayer", [&] {
+    return Value::dict({{"arg0", Value::of(x)},
+                        {"attention_mask", mask.defined() ? Value::of(mask) : Value::none()},
+                        {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
+  });
+  // hidden_states = residual + self_attn(input_layernorm(hidden_states))
+  at::Tensor h = x + attention(w.at("self_attn"), rms_norm(w.at("input_layernorm"), x, c.rms_norm_eps, rec), mask,
+                               rope, c, rec)
+                         .out;
+  // hidden_states = residual + mlp(post_attention_layernorm(hidden_states))
+  at::Tensor out = h + mlp(w.at("mlp"), rms_norm(w.at("post_attention_layernorm"), h, c.rms_norm_eps, rec), c, rec);
+  rs.done(Value::of(out));
+  return out;
+}
+
+at::Tensor text_model(const Weights& w, const at::Tensor& embeds, const at::Tensor& attention_mask,
+                      const at::Tensor& position_ids, const TextConfig& c, Recorder* rec) {
+  if (embeds.dim() != 3 || embeds.size(2) != c.hidden_size) {
+    throw std::runtime_error("text::text_model: inputs_embeds must be [B, T, " + std::to_string(c.hidden_size) +
+                             "], got " + shape_str(embeds.sizes()));
+  }
+  const int64_t B = embeds.size(0), T = embeds.size(1);
+  RecordScope rs(rec, w.path(), "Qwen2_5_VLTextModel", [&] {
+    return Value::dict({{"inputs_embeds", Value::of(embeds)},
+                        {"attention_mask", attention_mask.defined() ? Value::of(attention_mask) : Value::none()},
+                        {"position_ids", position_ids.defined() ? Value::of(position_ids) : Value::none()}});
+  });
+  // position_ids = arange(T) + past_seen_tokens, expanded to 3 rows, when none are given
+  at::Tensor pos = position_ids.defined() ? position_ids : at::arange(T, at::kLong).view({1, 1, -1}).expand({3, B, -1});
+  if (pos.dim() == 2) pos = pos.unsqueeze(0).expand({3, pos.size(0), -1});
+  at::Tensor mask = causal_mask(attention_mask, B, T, /*past=*/0, embeds.scalar_type());
+  CosSin rope = rotary(pos, embeds.scalar_type(), c, rec, w.path() + ".rotary_emb");
+  at::Tensor h = embeds;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) h = decoder_layer(w.at("layers").at(i), h, mask, rope, c, rec);
+  h = rms_norm(w.at("norm"), h, c.rms_norm_eps, rec);
+  rs.done(Value::dict({{"last_hidden_state", Value::of(h)}}));
+  return h;
+}
+
+}  // namespace qvl::text
+
+namespace qvl::model {
+
+RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& types, const at::Tensor& image_grid_thw,
+                         const at::Tensor& video_grid_thw, const at::Tensor& second_per_grid_ts,
+                         const at::Tensor& attention_mask, const ModelConfig& c) {
+  const int64_t B = input_ids.size(0), T = input_ids.size(1), m = c.vision.spatial_merge_size;
+  at::Tensor position_ids = at::zeros({3, B, T}, input_ids.options().dtype(at::kLong));
+  auto rows = [](const at::Tensor& g) {
+    std::vector<std::array<int64_t, 3>> out;
+    if (!g.defined()) return out;
+    at::Tensor gl = g.to(at::kLong).contiguous();
+    for (int64_t i = 0; i < gl.size(0); ++i) out.push_back({gl[i][0].item<int64_t>(), gl[i][1].item<int64_t>(), gl[i][2].item<int64_t>()});
+    return out;
+  };
+  auto images = rows(image_grid_thw), videos = rows(video_grid_thw);
+  size_t next_image = 0, next_video = 0, next_spg = 0;
+  std::vector<int64_t> deltas;
+  at::Tensor ids_all = input_ids.to(at::kLong).contiguous(), types_all = types.to(at::kLong).contiguous();
+  for (int64_t b = 0; b < B; ++b) {
+    at::Tensor keep = attention_mask.defined() ? attention_mask[b].to(at::kBool) : at::ones({T}, at::kBool);
+    at::Tensor ty = types_all[b].masked_select(keep).contiguous();
+    const int64_t n = ty.numel();
+    const int64_t* tp = ty.data_ptr<int64_t>();
+    std::vector<at::Tensor> parts;
+    int64_t current = 0;
+    for (int64_t s = 0; s < n;) {
+      int64_t e = s;
+      while (e < n && tp[e] == tp[s]) ++e;  // itertools.groupby over the token types
+      if (tp[s] == 0) {
+        parts.push_back(at::arange(e - s, at::kLong).view({1, -1}).expand({3, -1}) + current);
+        current += e - s;
+      } else {
+        const bool video = tp[s] == 2;
+        auto& list = video ? videos : images;
+        size_t& next = video ? next_video : next_image;
+        if (next >= list.size()) {
+          throw std::runtime_error(std::string("get_rope_index: more ") + (video ? "video" : "image") +
+                                   " token groups than grids in " + (video ? "video_grid_thw" : "image_grid_thw"));
+        }
+        const auto g = list[next++];
+        int64_t interval = 1;
+        if (video) {
+          // time_interval = tokens_per_second * int(next(second_per_grid_ts)); the default iterator yields 1
+          double spg = 1.0;
+          if (second_per_grid_ts.defined()) spg = second_per_grid_ts.to(at::kDouble)[next_spg].item<double>();
+          ++next_spg;
+          interval = c.vision.tokens_per_second * static_cast<int64_t>(spg);
+        }
+        // get_vision_position_ids(current, grid, 1, m, interval): meshgrid(T, H, W, "ij"), row 0 += start
+        at::Tensor tt = at::arange(g[0], at::kLong) * interval;
+        at::Tensor hh = at::arange(g[1] / m, at::kLong) + current;
+        at::Tensor ww = at::arange(g[2] / m, at::kLong) + current;
+        auto grids = at::meshgrid({tt, hh, ww}, "ij");
+        at::Tensor vp = at::stack({grids[0], grids[1], grids[2]}, 0).reshape({3, -1}).clone();
+        vp[0] += current;
+        parts.push_back(vp);
+        current += std::max(g[1], g[2]) / m;
+      }
+      s = e;
+    }
+    at::Tensor llm = at::cat(parts, 1).reshape({3, -1});  // [3, n]
+    if (attention_mask.defined()) {
+      position_ids.select(1, b).index_put_({at::indexing::Slice(), keep}, llm);
+    } else {
+      position_ids.select(1, b).copy_(llm);
+    }
+    deltas.push_back(llm.max().item<int64_t>() + 1 - n);
+  }
+  return {position_ids, at::tensor(deltas, at::kLong).unsqueeze(1)};
+}
+
+ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec) {
+  RecordScope rs(rec, w.path(), "Qwen2_5_VLModel", [&] {
+    return Value::dict({{"input_ids", Value::of(in.input_ids)}});
+  });
+  const Weights lm = w.at("language_model");
+  const at::Tensor& table = lm.tensor("embed_tokens.weight", {c.text.vocab_size, c.text.hidden_size});
+  // inputs_embeds = self.get_input_embeddings()(input_ids)
+  RecordScope es(rec, lm.path() + ".embed_tokens", "Embedding", [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); });
+  at::Tensor embeds = at::embedding(table, in.input_ids);
+  es.done(Value::of(embeds));
+  // image / video features: visual(pixel_values.type(visual.dtype), grid), scattered into their placeholders
+  auto merge = [&](const at::Tensor& pv, const at::Tensor& grid, int64_t token_id, const char* what) {
+    if (!pv.defined()) return;
+    const at::Tensor& proj = w.tensor("visual.patch_embed.proj.weight");
+    auto tower = vision::transformer(w.at("visual"), pv.to(proj.scalar_type()), grid, c.vision, rec);
+    at::Tensor feats = tower.pooler_output.to(embeds.scalar_type());
+    at::Tensor mask = in.input_ids.eq(token_id).unsqueeze(-1);  // [B, T, 1]
+    const int64_t n_tokens = mask.sum().item<int64_t>();
+    if (n_tokens * embeds.size(-1) != feats.numel()) {
+      throw std::runtime_error(std::string(what) + " features and " + what + " tokens do not match, tokens: " +
+                               std::to_string(n_tokens) + ", features: " + std::to_string(feats.size(0)));
+    }
+    embeds = embeds.masked_scatter(mask, feats);
+  };
+  merge(in.pixel_values, in.image_grid_thw, c.image_token_id, "Image");
+  merge(in.pixel_values_videos, in.video_grid_thw, c.video_token_id, "Video");
+  // compute_3d_position_ids: get_rope_index when input_ids, mm_token_type_ids and a grid are present
+  ModelOutput out;
+  at::Tensor position_ids;
+  if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
+    RecordScope ri(rec, w.path().empty() ? "get_rope_index" : w.path() + ".get_rope_index", "get_rope_index",
+                   [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); }, "{\"kind\": \"function\"}");
+    RopeIndex idx = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
+                                   in.second_per_grid_ts, in.attention_mask, c);
+    ri.done(Value::tuple({Value::of(idx.position_ids), Value::of(idx.deltas)}));
+    position_ids = idx.position_ids;
+    out.rope_deltas = idx.deltas;
+  }
+  out.last_hidden_state = text::text_model(lm, embeds, in.attention_mask, position_ids, c.text, rec);
+  rs.done(Value::dict({{"last_hidden_state", Value::of(out.last_hidden_state)},
+                       {"rope_deltas", out.rope_deltas.defined() ? Value::of(out.rope_deltas) : Value::none()}}));
+  return out;
+}
+
+LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c, Recorder* rec) {
+  RecordScope rs(rec, root.path(), "Qwen2_5_VLForConditionalGeneration", [&] {
+    return Value::dict({{"input_ids", Value::of(in.input_ids)}});
+  });
+  ModelOutput mo = forward(root.at("model"), in, c, rec);
+  RecordScope ls(rec, "lm_head", "Linear", [&] { return Value::dict({{"arg0", Value::of(mo.last_hidden_state)}}); });
+  LMOutput out{linear(root.at("lm_head"), mo.last_hidden_state, /*bias=*/false, c.text.vocab_size, c.text.hidden_size),
+               mo.rope_deltas};
+  ls.done(Value::of(out.logits));
+  rs.done(Value::dict({{"logits", Value::of(out.logits)},
+                       {"rope_deltas", out.rope_deltas.defined() ? Value::of(out.rope_deltas) : Value::none()}}));
+  return out;
+}
+
+}  // namespace qvl::model

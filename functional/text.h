@@ -1,0 +1,101 @@
+// Qwen2.5-VL text decoder and the full model (qvl::text, qvl::model).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "functional/config.h"
+#include "functional/recorder.h"
+#include "functional/rotary.h"
+#include "functional/weights.h"
+
+namespace qvl::text {
+
+// Mirrors Qwen2_5_VLRotaryEmbedding.forward(x, position_ids) of transformers 5.x: M-RoPE cos/sin with
+// the mrope_section recomposition already applied (4.x did it in apply_multimodal_rotary_pos_emb).
+//   position_ids  [3, B, T] int64 (t, h, w rows)
+//   cos, sin      [B, T, Dh] in `dtype` (the activation dtype: HF casts the float32 tables down)
+// Quirks: frequencies are an outer product done as a float32 matmul; frequency i of [0, Dh/2) takes its
+// position from row (i's chunk in mrope_section) % 3, and dims i and i + Dh/2 share it.
+CosSin rotary(const at::Tensor& position_ids, at::ScalarType dtype, const TextConfig& c, Recorder* rec = nullptr,
+              const std::string& path = "model.language_model.rotary_emb");
+
+// Mirrors apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1).
+//   q [B, H, T, Dh], k [B, Hkv, T, Dh], cos/sin [B, T, Dh]; no dtype change (no float32 upcast here).
+std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb(const at::Tensor& q, const at::Tensor& k,
+                                                       const at::Tensor& cos, const at::Tensor& sin);
+
+// The eager attention mask of create_causal_mask: [B, 1, Tq, Tk] in `dtype`, 0 where query i (at absolute
+// position past + i) may attend key j (j <= past + i and attention_mask[b, j] == 1), finfo(dtype).min
+// elsewhere. `attention_mask` is the 2-D [B, Tk] padding mask, or undefined for none.
+at::Tensor causal_mask(const at::Tensor& attention_mask, int64_t batch, int64_t q_len, int64_t past,
+                       at::ScalarType dtype);
+
+// Mirrors Qwen2_5_VLAttention.forward with eager attention and no cache.
+//   x     [B, T, D];  mask [B, 1, T, T] additive (or undefined);  rope: cos/sin [B, T, Dh]
+//   out   [B, T, D];  weights [B, H, T, T] (HF returns them too)
+// Weights: q_proj.{weight [H*Dh, D], bias}, k_proj/v_proj.{weight [Hkv*Dh, D], bias}, o_proj.weight (no bias).
+// Quirks: GQA by repeat_kv (query head h uses kv head h / (H/Hkv)); softmax in float32, cast back.
+struct AttentionOutput {
+  at::Tensor out, weights;
+};
+AttentionOutput attention(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
+                          const TextConfig& c, Recorder* rec = nullptr);
+
+// Mirrors Qwen2_5_VLDecoderLayer.forward (pre-norm): h = x + attn(ln1(x)); out = h + mlp(ln2(h)).
+at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
+                         const TextConfig& c, Recorder* rec = nullptr);
+
+// Mirrors Qwen2_5_VLTextModel.forward from inputs_embeds, with no cache.
+//   inputs_embeds [B, T, D];  attention_mask [B, T] (or undefined);  position_ids [3, B, T] (or undefined:
+//   arange(T) on all three rows)
+//   out [B, T, D] after the final norm
+// Weights: layers.<i>, norm (the model.language_model sub-tree; embed_tokens is applied by the caller).
+at::Tensor text_model(const Weights& w, const at::Tensor& inputs_embeds, const at::Tensor& attention_mask,
+                      const at::Tensor& position_ids, const TextConfig& c, Recorder* rec = nullptr);
+
+}  // namespace qvl::text
+
+namespace qvl::model {
+
+// Mirrors Qwen2_5_VLModel.get_rope_index of transformers 5.x (groups of mm_token_type_ids: 0 text,
+// 1 image, 2 video).
+//   input_ids, mm_token_type_ids [B, T];  image_grid_thw [Gi, 3], video_grid_thw [Gv, 3] (or undefined);
+//   second_per_grid_ts [Gv] (or undefined: 1);  attention_mask [B, T] (or undefined)
+//   position_ids [3, B, T] int64 (0 at padded slots);  deltas [B, 1] = max position + 1 - unpadded length
+// Quirks: a vision group of grid (t, h, w) gets t/h/w rows arange(t)*interval, arange(h/m), arange(w/m),
+// all offset by the current position; images use interval 1, videos tokens_per_second * int(spg); the
+// next text starts at current + max(h, w) / m (the temporal extent is not included, unlike 4.x).
+struct RopeIndex {
+  at::Tensor position_ids, deltas;
+};
+RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& mm_token_type_ids,
+                         const at::Tensor& image_grid_thw, const at::Tensor& video_grid_thw,
+                         const at::Tensor& second_per_grid_ts, const at::Tensor& attention_mask,
+                         const ModelConfig& c);
+
+// The multimodal inputs of one forward pass; undefined tensors mean "absent".
+struct Inputs {
+  at::Tensor input_ids;        // [B, T] int64
+  at::Tensor attention_mask;   // [B, T]
+  at::Tensor mm_token_type_ids;
+  at::Tensor pixel_values, image_grid_thw;
+  at::Tensor pixel_values_videos, video_grid_thw, second_per_grid_ts;
+};
+
+// Mirrors Qwen2_5_VLModel.forward (prefill, no cache): embed, run the vision tower on images and videos,
+// masked_scatter the features into their placeholder tokens, M-RoPE positions from get_rope_index, then
+// the text model. Weights: the `model` sub-tree (visual, language_model).
+struct ModelOutput {
+  at::Tensor last_hidden_state;  // [B, T, D]
+  at::Tensor rope_deltas;        // [B, 1], undefined for text-only input
+};
+ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr);
+
+// Mirrors Qwen2_5_VLForConditionalGeneration.forward (logits_to_keep = 0): logits = lm_head(hidden).
+//   logits [B, T, V] in the model dtype. Weights: the root (model.*, lm_head.weight).
+struct LMOutput {
+  at::Tensor logits, rope_deltas;
+};
+LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr);
+
+}  // namespace qvl::model
