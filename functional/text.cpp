@@ -61,7 +61,7 @@ at::Tensor causal_mask(const at::Tensor& attention_mask, int64_t B, int64_t q_le
 }
 
 AttentionOutput attention(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
-                          const TextConfig& c, Recorder* rec) {
+                          const TextConfig& c, Recorder* rec, KVCache* cache, int64_t layer) {
   if (x.dim() != 3 || x.size(2) != c.hidden_size) {
     throw std::runtime_error("text::attention: x must be [B, T, " + std::to_string(c.hidden_size) + "], got " +
                              shape_str(x.sizes()));
@@ -83,6 +83,19 @@ AttentionOutput attention(const Weights& w, const at::Tensor& x, const at::Tenso
   }, "{\"kind\": \"function\"}");
   std::tie(q, k) = apply_rotary_pos_emb(q, k, rope.cos, rope.sin);
   rot.done(Value::tuple({Value::of(q), Value::of(k)}));
+  if (cache) {
+    // key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+    if (static_cast<int64_t>(cache->keys.size()) <= layer) {
+      cache->keys.resize(layer + 1);
+      cache->values.resize(layer + 1);
+    }
+    at::Tensor& ck = cache->keys[layer];
+    at::Tensor& cv = cache->values[layer];
+    ck = ck.defined() ? at::cat({ck, k}, -2) : k;
+    cv = cv.defined() ? at::cat({cv, v}, -2) : v;
+    k = ck;
+    v = cv;
+  }
   // repeat_kv: [B, Hkv, T, Dh] -> [B, Hkv * rep, T, Dh]
   auto repeat_kv = [&](const at::Tensor& t) {
     if (rep == 1) return t;
@@ -100,7 +113,7 @@ AttentionOutput attention(const Weights& w, const at::Tensor& x, const at::Tenso
 }
 
 at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
-                         const TextConfig& c, Recorder* rec) {
+                         const TextConfig& c, Recorder* rec, KVCache* cache, int64_t layer) {
   RecordScope rs(rec, w.path(), "Qwen2_5_VLDecoderLayer", [&] {
     return Value::dict({{"arg0", Value::of(x)},
                         {"attention_mask", mask.defined() ? Value::of(mask) : Value::none()},
@@ -108,7 +121,7 @@ at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor
   });
   // hidden_states = residual + self_attn(input_layernorm(hidden_states))
   at::Tensor h = x + attention(w.at("self_attn"), rms_norm(w.at("input_layernorm"), x, c.rms_norm_eps, rec), mask,
-                               rope, c, rec)
+                               rope, c, rec, cache, layer)
                          .out;
   // hidden_states = residual + mlp(post_attention_layernorm(hidden_states))
   at::Tensor out = h + mlp(w.at("mlp"), rms_norm(w.at("post_attention_layernorm"), h, c.rms_norm_eps, rec), c, rec);
@@ -117,7 +130,7 @@ at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor
 }
 
 at::Tensor text_model(const Weights& w, const at::Tensor& embeds, const at::Tensor& attention_mask,
-                      const at::Tensor& position_ids, const TextConfig& c, Recorder* rec) {
+                      const at::Tensor& position_ids, const TextConfig& c, Recorder* rec, KVCache* cache) {
   if (embeds.dim() != 3 || embeds.size(2) != c.hidden_size) {
     throw std::runtime_error("text::text_model: inputs_embeds must be [B, T, " + std::to_string(c.hidden_size) +
                              "], got " + shape_str(embeds.sizes()));
@@ -129,12 +142,15 @@ at::Tensor text_model(const Weights& w, const at::Tensor& embeds, const at::Tens
                         {"position_ids", position_ids.defined() ? Value::of(position_ids) : Value::none()}});
   });
   // position_ids = arange(T) + past_seen_tokens, expanded to 3 rows, when none are given
-  at::Tensor pos = position_ids.defined() ? position_ids : at::arange(T, at::kLong).view({1, 1, -1}).expand({3, B, -1});
+  const int64_t past = cache ? cache->length() : 0;
+  at::Tensor pos = position_ids.defined()
+                       ? position_ids
+                       : (at::arange(T, at::kLong) + past).view({1, 1, -1}).expand({3, B, -1});
   if (pos.dim() == 2) pos = pos.unsqueeze(0).expand({3, pos.size(0), -1});
-  at::Tensor mask = causal_mask(attention_mask, B, T, /*past=*/0, embeds.scalar_type());
+  at::Tensor mask = causal_mask(attention_mask, B, T, past, embeds.scalar_type());
   CosSin rope = rotary(pos, embeds.scalar_type(), c, rec, w.path() + ".rotary_emb");
   at::Tensor h = embeds;
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) h = decoder_layer(w.at("layers").at(i), h, mask, rope, c, rec);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) h = decoder_layer(w.at("layers").at(i), h, mask, rope, c, rec, cache, i);
   h = rms_norm(w.at("norm"), h, c.rms_norm_eps, rec);
   rs.done(Value::dict({{"last_hidden_state", Value::of(h)}}));
   return h;
@@ -269,6 +285,62 @@ LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c,
   rs.done(Value::dict({{"logits", Value::of(out.logits)},
                        {"rope_deltas", out.rope_deltas.defined() ? Value::of(out.rope_deltas) : Value::none()}}));
   return out;
+}
+
+at::Tensor generate(const Weights& root, const Inputs& in, const ModelConfig& c, const GenerateOptions& opt,
+                    const std::function<void(int64_t, const at::Tensor&)>& on_token) {
+  const Weights w = root.at("model");
+  const Weights lm = w.at("language_model");
+  const int64_t B = in.input_ids.size(0), T = in.input_ids.size(1);
+  at::Tensor attn = in.attention_mask.defined() ? in.attention_mask.to(at::kLong) : at::ones({B, T}, at::kLong);
+  // Prefill positions (_prepare_position_ids_for_generation): get_rope_index with vision inputs, else the
+  // attention-mask positions (cumsum - 1, 0 at padding) on all three rows.
+  at::Tensor pos;
+  if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
+    pos = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
+                         in.second_per_grid_ts, attn, c).position_ids;
+  } else {
+    at::Tensor p = (attn.cumsum(-1) - 1).masked_fill(attn.eq(0), 0);
+    pos = p.unsqueeze(0).expand({3, B, T}).contiguous();
+  }
+  // Prefill: the model forward (vision merge included) with the given positions and a fresh cache.
+  text::KVCache cache;
+  const at::Tensor& table = lm.tensor("embed_tokens.weight", {c.text.vocab_size, c.text.hidden_size});
+  at::Tensor embeds = at::embedding(table, in.input_ids);
+  auto merge = [&](const at::Tensor& pv, const at::Tensor& grid, int64_t token_id) {
+    if (!pv.defined()) return;
+    const at::Tensor& proj = w.tensor("visual.patch_embed.proj.weight");
+    at::Tensor feats = vision::transformer(w.at("visual"), pv.to(proj.scalar_type()), grid, c.vision).pooler_output;
+    embeds = embeds.masked_scatter(in.input_ids.eq(token_id).unsqueeze(-1), feats.to(embeds.scalar_type()));
+  };
+  merge(in.pixel_values, in.image_grid_thw, c.image_token_id);
+  merge(in.pixel_values_videos, in.video_grid_thw, c.video_token_id);
+  auto logits_last = [&](const at::Tensor& h) {
+    // logits_to_keep = 1: lm_head on the last position only; argmax over the float32 logits
+    at::Tensor last = h.slice(1, h.size(1) - 1);  // [B, 1, D]
+    return linear(root.at("lm_head"), last, false, c.text.vocab_size, c.text.hidden_size).select(1, 0).to(at::kFloat);
+  };
+  at::Tensor h = text::text_model(lm, embeds, attn, pos, c.text, nullptr, &cache);
+  at::Tensor logits = logits_last(h);
+
+  const int64_t pad = opt.pad_token_id >= 0 ? opt.pad_token_id : (opt.eos_token_ids.empty() ? 0 : opt.eos_token_ids[0]);
+  at::Tensor unfinished = at::ones({B}, at::kLong);
+  std::vector<at::Tensor> out;
+  for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
+    at::Tensor next = logits.argmax(-1);                                  // [B]
+    next = next * unfinished + pad * (1 - unfinished);                    // finished rows emit pad
+    out.push_back(next);
+    if (on_token) on_token(step, next);
+    for (int64_t e : opt.eos_token_ids) unfinished = unfinished * next.ne(e).to(at::kLong);
+    if (unfinished.max().item<int64_t>() == 0 || step + 1 == opt.max_new_tokens) break;
+    // _update_model_kwargs_for_generation: mask += [1]; positions: last + 1 on every row
+    attn = at::cat({attn, at::ones({B, 1}, at::kLong)}, -1);
+    pos = pos.slice(2, pos.size(2) - 1) + 1;                              // [3, B, 1]
+    at::Tensor e = at::embedding(table, next.unsqueeze(1));               // [B, 1, D]
+    h = text::text_model(lm, e, attn, pos, c.text, nullptr, &cache);
+    logits = logits_last(h);
+  }
+  return at::stack(out, 1);
 }
 
 }  // namespace qvl::model

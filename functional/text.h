@@ -3,12 +3,22 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
+#include <vector>
+
 #include "functional/config.h"
 #include "functional/recorder.h"
 #include "functional/rotary.h"
 #include "functional/weights.h"
 
 namespace qvl::text {
+
+// The KV cache of a decode: per layer, the post-RoPE keys and the values seen so far ([B, Hkv, T, Dh]).
+// An explicit value the caller owns and passes in, mirroring DynamicCache (torch.cat along the sequence).
+struct KVCache {
+  std::vector<at::Tensor> keys, values;
+  int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
+};
 
 // Mirrors Qwen2_5_VLRotaryEmbedding.forward(x, position_ids) of transformers 5.x: M-RoPE cos/sin with
 // the mrope_section recomposition already applied (4.x did it in apply_multimodal_rotary_pos_emb).
@@ -38,20 +48,25 @@ at::Tensor causal_mask(const at::Tensor& attention_mask, int64_t batch, int64_t 
 struct AttentionOutput {
   at::Tensor out, weights;
 };
+// With `cache`, the new keys/values are appended to layer `layer`'s entries and attention runs over all
+// of them (the mask is then [B, 1, T, past + T]).
 AttentionOutput attention(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
-                          const TextConfig& c, Recorder* rec = nullptr);
+                          const TextConfig& c, Recorder* rec = nullptr, KVCache* cache = nullptr, int64_t layer = 0);
 
 // Mirrors Qwen2_5_VLDecoderLayer.forward (pre-norm): h = x + attn(ln1(x)); out = h + mlp(ln2(h)).
 at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
-                         const TextConfig& c, Recorder* rec = nullptr);
+                         const TextConfig& c, Recorder* rec = nullptr, KVCache* cache = nullptr, int64_t layer = 0);
 
 // Mirrors Qwen2_5_VLTextModel.forward from inputs_embeds, with no cache.
 //   inputs_embeds [B, T, D];  attention_mask [B, T] (or undefined);  position_ids [3, B, T] (or undefined:
 //   arange(T) on all three rows)
 //   out [B, T, D] after the final norm
 // Weights: layers.<i>, norm (the model.language_model sub-tree; embed_tokens is applied by the caller).
+// With `cache`: the past length is cache->length(), attention_mask covers past + T, and position_ids are
+// required (decode positions come from the caller: see model::generate).
 at::Tensor text_model(const Weights& w, const at::Tensor& inputs_embeds, const at::Tensor& attention_mask,
-                      const at::Tensor& position_ids, const TextConfig& c, Recorder* rec = nullptr);
+                      const at::Tensor& position_ids, const TextConfig& c, Recorder* rec = nullptr,
+                      KVCache* cache = nullptr);
 
 }  // namespace qvl::text
 
@@ -97,5 +112,21 @@ struct LMOutput {
   at::Tensor logits, rope_deltas;
 };
 LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr);
+
+// Greedy generation with a KV cache, as transformers 5.x `generate(do_sample=False)` does it:
+// - prefill: the full model on the prompt with M-RoPE positions from get_rope_index (text-only prompts: the
+//   attention-mask cumsum on all rows), logits of the last position only (logits_to_keep = 1);
+// - each decode step: next token = argmax of the float32 logits; the position is the previous token's
+//   position + 1 on every row (GenerationMixin._update_model_kwargs_for_generation), the attention mask
+//   grows by one; finished rows (eos seen) continue with `pad_token_id`.
+//   out  [B, n] int64, n <= max_new_tokens (stops early when every row has finished)
+// `on_token(step, tokens [B])` is called after each step if given (for printing tokens as they come).
+struct GenerateOptions {
+  int64_t max_new_tokens = 16;
+  std::vector<int64_t> eos_token_ids;
+  int64_t pad_token_id = -1;  // -1: the first eos id, as generate does when pad_token_id is None
+};
+at::Tensor generate(const Weights& root, const Inputs& in, const ModelConfig& c, const GenerateOptions& opt,
+                    const std::function<void(int64_t, const at::Tensor&)>& on_token = {});
 
 }  // namespace qvl::model

@@ -53,6 +53,29 @@ double norm_eps(const RecordedCall& call, const ModelConfig& cfg) {
 
 }  // namespace
 
+model::Inputs inputs_of_call(const RecordedCall& c) {
+  auto opt = [&](const std::string& name) {
+    return c.inputs.has(name) && c.inputs.at(name).is_tensor() ? c.inputs.at(name).tensor : at::Tensor();
+  };
+  model::Inputs in;
+  in.input_ids = c.input("input_ids").as_tensor("input_ids");
+  in.attention_mask = opt("attention_mask");
+  in.mm_token_type_ids = opt("mm_token_type_ids");
+  in.pixel_values = opt("pixel_values");
+  in.image_grid_thw = opt("image_grid_thw");
+  in.pixel_values_videos = opt("pixel_values_videos");
+  in.video_grid_thw = opt("video_grid_thw");
+  in.second_per_grid_ts = opt("second_per_grid_ts");
+  return in;
+}
+
+model::Inputs recorded_model_inputs(const Recording& rec) {
+  for (const char* cls : {"Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"})
+    for (size_t i = 0; i < rec.calls().size(); ++i)
+      if (rec.calls()[i].module_class == cls) return inputs_of_call(rec.load(i));
+  throw std::runtime_error("'" + rec.path() + "': no Qwen2_5_VLForConditionalGeneration or Qwen2_5_VLModel call to take inputs from");
+}
+
 Registry Registry::defaults() {
   Registry r;
   r.set("Qwen2_5_VLRMSNorm", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
@@ -150,18 +173,7 @@ Registry Registry::defaults() {
   r.set("Linear", [](const RecordedCall& c, const Weights& w, const ModelConfig&) {
     return Value::of(linear(w, c.input("input", 0).as_tensor(), w.has("bias")));
   });
-  auto inputs_of = [opt](const RecordedCall& c) {
-    model::Inputs in;
-    in.input_ids = c.input("input_ids").as_tensor();
-    in.attention_mask = opt(c, "attention_mask");
-    in.mm_token_type_ids = opt(c, "mm_token_type_ids");
-    in.pixel_values = opt(c, "pixel_values");
-    in.image_grid_thw = opt(c, "image_grid_thw");
-    in.pixel_values_videos = opt(c, "pixel_values_videos");
-    in.video_grid_thw = opt(c, "video_grid_thw");
-    in.second_per_grid_ts = opt(c, "second_per_grid_ts");
-    return in;
-  };
+  auto inputs_of = [](const RecordedCall& c) { return inputs_of_call(c); };
   r.set("Qwen2_5_VLModel", [inputs_of](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     auto o = model::forward(w, inputs_of(c), cfg);
     return Value::dict({{"last_hidden_state", Value::of(o.last_hidden_state)},

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "functional/config.h"
+#include "functional/text.h"
 #include "functional/weights.h"
 #include "instrument/metrics.h"
 #include "instrument/recording.h"
@@ -62,6 +63,10 @@ Value as_outputs(const Value& v);
 // The config transformers ran with: the recording's `config` attribute when present (it includes any
 // overrides made at record time), else `fallback` (the weights file's config.json).
 ModelConfig recording_config(const Recording& rec, const ModelConfig& fallback);
+
+// The model inputs of a recording's top-level call (Qwen2_5_VLForConditionalGeneration, else
+// Qwen2_5_VLModel): input_ids, attention_mask, mm_token_type_ids, pixel values and grids.
+model::Inputs recorded_model_inputs(const Recording& rec);
 
 // A copy of the tree with every floating tensor cast to `dtype`: what from_pretrained(dtype=...) does to
 // a checkpoint, so a bf16 recording is replayed with the same bf16 weights HF used.

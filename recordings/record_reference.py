@@ -655,6 +655,19 @@ def cmd_record(args: argparse.Namespace) -> None:
             if m is not None and has_float_tensor(m.outputs):
                 c.outputs_fp32_chain = m.outputs
 
+    generation = None
+    if args.generate > 0:
+        # transformers' own greedy generate with a KV cache (no hooks), on the same inputs.
+        model.model.rope_deltas = None
+        gen_kwargs = {k: v for k, v in kwargs.items() if k != "use_cache"}
+        with torch.no_grad():
+            seq = model.generate(**gen_kwargs, max_new_tokens=args.generate, do_sample=False, use_cache=True)
+        gc = model.generation_config
+        eos = gc.eos_token_id if isinstance(gc.eos_token_id, list) else ([gc.eos_token_id] if gc.eos_token_id is not None else [])
+        generation = {"new_tokens": seq[:, input_ids.shape[1]:].tolist(), "max_new_tokens": args.generate,
+                      "eos_token_id": eos, "pad_token_id": gc.pad_token_id}
+        log(f"generate: {len(generation['new_tokens'][0])} new tokens: {generation['new_tokens'][0][:16]}...")
+
     depth = config.vision_config.depth
     # Window facts per grid: padding (a grid side not a multiple of the window) makes uneven windows.
     window_padding = False
@@ -669,6 +682,7 @@ def cmd_record(args: argparse.Namespace) -> None:
         "videos": [{"source": s, "grid_thw": video_grid_thw[i].tolist(), "fps": args.fps}
                    for i, s in enumerate(args.video)],
         "config_overrides": overrides,
+        "generation": generation,
         "vision": {
             "full_blocks": fullatt,
             "window_blocks": [i for i in range(depth) if i not in fullatt],
@@ -719,6 +733,8 @@ def main(argv=None) -> None:
                     help="directory of frame images, or synthetic:TxHxW[:seed]; repeat for several videos "
                          "(placed after the images)")
     rc.add_argument("--fps", type=float, default=2.0, help="video frame rate (second_per_grid_ts = 2 / fps)")
+    rc.add_argument("--generate", type=int, default=0, metavar="N",
+                    help="also run transformers' greedy generate for N new tokens and store the token ids")
     rc.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="override a config field before building the model, e.g. vision_config.window_size=112")
     rc.add_argument("--text-before", default=" ".join(map(str, DEFAULT_TEXT_BEFORE)),

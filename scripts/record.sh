@@ -13,5 +13,5 @@ mkdir -p "$out/weights" "$out/recordings"
 for dtype in float32 bfloat16; do
   short=${dtype/float32/fp32}; short=${short/bfloat16/bf16}
   "$py" "$rec" record --model "$out/weights/tiny" --image synthetic:112x84 --dtype "$dtype" \
-    --name tiny_image_112x84 --seed 0 --out "$out/recordings/tiny_$short.h5"
+    --name tiny_image_112x84 --seed 0 --generate 64 --out "$out/recordings/tiny_$short.h5"
 done

@@ -13,7 +13,7 @@ scenario() {  # model dir, name, then recorder arguments; records float32 and bf
   local model="$1" name="$2"; shift 2
   for dtype in float32 bfloat16; do
     local short=${dtype/float32/fp32}; short=${short/bfloat16/bf16}
-    "$py" "$rec" record --model "$model" --dtype "$dtype" --name "$name" --seed 0 \
+    "$py" "$rec" record --model "$model" --dtype "$dtype" --name "$name" --seed 0 --generate 16 \
       --out "$out/${name}_${short}.h5" "$@"
   done
 }

@@ -209,6 +209,50 @@ int cmd_compare(const std::string& ref_path, const std::string& ours_path, bool 
   return rep.failed ? 1 : 0;
 }
 
+// --- generate: greedy decoding with a KV cache, tokens printed as they come ---------------------------------
+int cmd_generate(const std::string& weights_path, const std::string& inputs_path, int64_t max_new, std::vector<int64_t> eos) {
+  ModelConfig cfg;
+  Weights root = load_weights_any(weights_path, &cfg);
+  Recording rec = Recording::open(inputs_path);
+  cfg = recording_config(rec, cfg);
+  const std::string dtype = rec.attr("dtype");
+  root = cast_floating(root, dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
+  model::Inputs in = recorded_model_inputs(rec);
+  model::GenerateOptions opt;
+  opt.max_new_tokens = max_new;
+  // eos: --eos, else the one transformers used when it recorded (scenario.generation), else none.
+  nlohmann::json gen;
+  if (rec.has_attr("scenario")) {
+    auto sc = nlohmann::json::parse(rec.attr("scenario"));
+    if (sc.contains("generation") && !sc["generation"].is_null()) gen = sc["generation"];
+  }
+  if (eos.empty() && !gen.is_null()) eos = gen["eos_token_id"].get<std::vector<int64_t>>();
+  opt.eos_token_ids = eos;
+  if (!gen.is_null() && gen["pad_token_id"].is_number()) opt.pad_token_id = gen["pad_token_id"].get<int64_t>();
+  std::printf("prompt: %lld tokens x %lld, %s; generating up to %lld tokens (eos:", static_cast<long long>(in.input_ids.size(1)),
+              static_cast<long long>(in.input_ids.size(0)), dtype.c_str(), static_cast<long long>(max_new));
+  for (auto e : eos) std::printf(" %lld", static_cast<long long>(e));
+  std::printf(")\n");
+  at::Tensor out = model::generate(root, in, cfg, opt, [](int64_t step, const at::Tensor& tok) {
+    std::printf("%s", step == 0 ? "tokens:" : "");
+    for (int64_t b = 0; b < tok.size(0); ++b) std::printf("%s%lld", b ? "/" : " ", static_cast<long long>(tok[b].item<int64_t>()));
+    std::fflush(stdout);
+  });
+  std::printf("\n");
+  if (!gen.is_null()) {
+    auto want = gen["new_tokens"].get<std::vector<std::vector<int64_t>>>();
+    bool same = static_cast<int64_t>(want.size()) == out.size(0);
+    for (size_t b = 0; same && b < want.size(); ++b) {
+      same = static_cast<int64_t>(want[b].size()) == out.size(1);
+      for (size_t t = 0; same && t < want[b].size(); ++t) same = want[b][t] == out[b][t].item<int64_t>();
+    }
+    std::printf("transformers generate recorded %zu x %zu tokens: %s\n", want.size(), want.empty() ? 0 : want[0].size(),
+                same ? "IDENTICAL" : "DIFFERENT");
+    return same ? 0 : 1;
+  }
+  return 0;
+}
+
 // --- convert ---------------------------------------------------------------------------------------
 int cmd_convert(const std::string& dir, const std::string& out, int gzip) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -313,6 +357,15 @@ int main(int argc, char** argv) {
   compare_cmd->add_option("ours", ours_path, "Recording to judge (e.g. from qvl run-vision)")->required();
   compare_cmd->add_flag("--all", compare_all, "Also list reference calls that ours does not have");
 
+  std::string gen_weights = kDefaultWeights, gen_inputs = kDefaultRecording;
+  int64_t gen_max = 16;
+  std::vector<int64_t> gen_eos;
+  auto* gen_cmd = app.add_subcommand("generate", "Greedy generation with a KV cache from a recording's inputs; prints tokens as they come");
+  gen_cmd->add_option("--weights", gen_weights, "qvl.weights .h5 or HF checkpoint directory")->capture_default_str();
+  gen_cmd->add_option("--inputs", gen_inputs, "Recording whose top-level call gives input_ids, pixel values and grids")->capture_default_str();
+  gen_cmd->add_option("-n,--max-new-tokens", gen_max, "Tokens to generate")->capture_default_str();
+  gen_cmd->add_option("--eos", gen_eos, "End-of-sequence ids (default: those transformers used when recording)");
+
   std::string inspect_path;
   auto* inspect = app.add_subcommand("inspect", "List a weights file, a recording, a safetensors file or a checkpoint");
   inspect->add_option("file", inspect_path, "File or checkpoint directory")->required();
@@ -325,6 +378,7 @@ int main(int argc, char** argv) {
     if (inspect->parsed()) return cmd_inspect(inspect_path);
     if (run_vision->parsed()) return cmd_run_vision(run_weights, ref_path, run_out, scales);
     if (compare_cmd->parsed()) return cmd_compare(ref_path, ours_path, compare_all);
+    if (gen_cmd->parsed()) return cmd_generate(gen_weights, gen_inputs, gen_max, gen_eos);
   } catch (const c10::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "qvl %s: error: %s\n", name.c_str(), e.what_without_backtrace());
