@@ -287,26 +287,31 @@ LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c,
   return out;
 }
 
-at::Tensor generate(const Weights& root, const Inputs& in, const ModelConfig& c, const GenerateOptions& opt,
-                    const std::function<void(int64_t, const at::Tensor&)>& on_token) {
+namespace {
+// logits_to_keep = 1: lm_head on the last position only, as float32 for the argmax.
+at::Tensor last_logits(const Weights& root, const at::Tensor& h, const ModelConfig& c) {
+  at::Tensor last = h.slice(1, h.size(1) - 1);  // [B, 1, D]
+  return linear(root.at("lm_head"), last, false, c.text.vocab_size, c.text.hidden_size).select(1, 0).to(at::kFloat);
+}
+}  // namespace
+
+DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c) {
   const Weights w = root.at("model");
   const Weights lm = w.at("language_model");
   const int64_t B = in.input_ids.size(0), T = in.input_ids.size(1);
-  at::Tensor attn = in.attention_mask.defined() ? in.attention_mask.to(at::kLong) : at::ones({B, T}, at::kLong);
-  // Prefill positions (_prepare_position_ids_for_generation): get_rope_index with vision inputs, else the
-  // attention-mask positions (cumsum - 1, 0 at padding) on all three rows.
+  DecodeState s;
+  s.attention_mask = in.attention_mask.defined() ? in.attention_mask.to(at::kLong) : at::ones({B, T}, at::kLong);
+  // _prepare_position_ids_for_generation: get_rope_index with vision inputs, else the attention-mask
+  // positions (cumsum - 1, 0 at padding) on all three rows.
   at::Tensor pos;
   if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
     pos = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
-                         in.second_per_grid_ts, attn, c).position_ids;
+                         in.second_per_grid_ts, s.attention_mask, c).position_ids;
   } else {
-    at::Tensor p = (attn.cumsum(-1) - 1).masked_fill(attn.eq(0), 0);
+    at::Tensor p = (s.attention_mask.cumsum(-1) - 1).masked_fill(s.attention_mask.eq(0), 0);
     pos = p.unsqueeze(0).expand({3, B, T}).contiguous();
   }
-  // Prefill: the model forward (vision merge included) with the given positions and a fresh cache.
-  text::KVCache cache;
-  const at::Tensor& table = lm.tensor("embed_tokens.weight", {c.text.vocab_size, c.text.hidden_size});
-  at::Tensor embeds = at::embedding(table, in.input_ids);
+  at::Tensor embeds = at::embedding(lm.tensor("embed_tokens.weight", {c.text.vocab_size, c.text.hidden_size}), in.input_ids);
   auto merge = [&](const at::Tensor& pv, const at::Tensor& grid, int64_t token_id) {
     if (!pv.defined()) return;
     const at::Tensor& proj = w.tensor("visual.patch_embed.proj.weight");
@@ -315,30 +320,39 @@ at::Tensor generate(const Weights& root, const Inputs& in, const ModelConfig& c,
   };
   merge(in.pixel_values, in.image_grid_thw, c.image_token_id);
   merge(in.pixel_values_videos, in.video_grid_thw, c.video_token_id);
-  auto logits_last = [&](const at::Tensor& h) {
-    // logits_to_keep = 1: lm_head on the last position only; argmax over the float32 logits
-    at::Tensor last = h.slice(1, h.size(1) - 1);  // [B, 1, D]
-    return linear(root.at("lm_head"), last, false, c.text.vocab_size, c.text.hidden_size).select(1, 0).to(at::kFloat);
-  };
-  at::Tensor h = text::text_model(lm, embeds, attn, pos, c.text, nullptr, &cache);
-  at::Tensor logits = logits_last(h);
+  at::Tensor h = text::text_model(lm, embeds, s.attention_mask, pos, c.text, nullptr, &s.cache);
+  s.positions = pos.slice(2, pos.size(2) - 1);
+  s.logits = last_logits(root, h, c);
+  return s;
+}
 
+void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, const ModelConfig& c,
+                 const at::Tensor& positions) {
+  const Weights lm = root.at("model.language_model");
+  const int64_t B = tokens.size(0);
+  // _update_model_kwargs_for_generation: the mask grows by one; positions are the last ones + 1 (all rows)
+  s.attention_mask = at::cat({s.attention_mask, at::ones({B, 1}, at::kLong)}, -1);
+  s.positions = positions.defined() ? positions : s.positions + 1;
+  at::Tensor e = at::embedding(lm.tensor("embed_tokens.weight"), tokens.unsqueeze(1));  // [B, 1, D]
+  at::Tensor h = text::text_model(lm, e, s.attention_mask, s.positions, c.text, nullptr, &s.cache);
+  s.logits = last_logits(root, h, c);
+}
+
+at::Tensor generate(const Weights& root, const Inputs& in, const ModelConfig& c, const GenerateOptions& opt,
+                    const std::function<void(int64_t, const at::Tensor&)>& on_token) {
+  DecodeState s = prefill(root, in, c);
+  const int64_t B = in.input_ids.size(0);
   const int64_t pad = opt.pad_token_id >= 0 ? opt.pad_token_id : (opt.eos_token_ids.empty() ? 0 : opt.eos_token_ids[0]);
   at::Tensor unfinished = at::ones({B}, at::kLong);
   std::vector<at::Tensor> out;
   for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
-    at::Tensor next = logits.argmax(-1);                                  // [B]
-    next = next * unfinished + pad * (1 - unfinished);                    // finished rows emit pad
+    at::Tensor next = s.logits.argmax(-1);                    // [B]
+    next = next * unfinished + pad * (1 - unfinished);        // finished rows emit pad
     out.push_back(next);
     if (on_token) on_token(step, next);
     for (int64_t e : opt.eos_token_ids) unfinished = unfinished * next.ne(e).to(at::kLong);
     if (unfinished.max().item<int64_t>() == 0 || step + 1 == opt.max_new_tokens) break;
-    // _update_model_kwargs_for_generation: mask += [1]; positions: last + 1 on every row
-    attn = at::cat({attn, at::ones({B, 1}, at::kLong)}, -1);
-    pos = pos.slice(2, pos.size(2) - 1) + 1;                              // [3, B, 1]
-    at::Tensor e = at::embedding(table, next.unsqueeze(1));               // [B, 1, D]
-    h = text::text_model(lm, e, attn, pos, c.text, nullptr, &cache);
-    logits = logits_last(h);
+    decode_step(root, s, next, c);
   }
   return at::stack(out, 1);
 }

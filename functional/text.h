@@ -121,6 +121,18 @@ LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c,
 //   grows by one; finished rows (eos seen) continue with `pad_token_id`.
 //   out  [B, n] int64, n <= max_new_tokens (stops early when every row has finished)
 // `on_token(step, tokens [B])` is called after each step if given (for printing tokens as they come).
+// The two halves of generate, public so that a caller can drive its own loop (and tests can plant a bug).
+struct DecodeState {
+  text::KVCache cache;
+  at::Tensor attention_mask;  // [B, past + T] int64
+  at::Tensor positions;       // [3, B, 1]: the M-RoPE position of the last token on each row
+  at::Tensor logits;          // [B, V] float32 logits of the last position
+};
+DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c);
+// Appends `tokens` [B] at `positions` [3, B, 1] (undefined: the previous positions + 1, as generate does).
+void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, const ModelConfig& c,
+                 const at::Tensor& positions = {});
+
 struct GenerateOptions {
   int64_t max_new_tokens = 16;
   std::vector<int64_t> eos_token_ids;

@@ -589,6 +589,9 @@ def cmd_record(args: argparse.Namespace) -> None:
 
     # Inputs: images through the real HF image processor; token ids around the vision runs.
     images = [load_image(s, i) for i, s in enumerate(args.image)]
+    n_prompt_images = len(images)
+    if args.pad_batch and images:
+        images = images + images  # the second row of the batch carries the same images
     pixel_values = image_grid_thw = None
     if images:
         proc = image_processor_for(args.model)
@@ -604,7 +607,7 @@ def cmd_record(args: argparse.Namespace) -> None:
         second_per_grid_ts = torch.tensor([vproc.temporal_patch_size / args.fps] * len(videos))
     merge = config.vision_config.spatial_merge_size
     ids = list(parse_ids(args.text_before))
-    media = [(config.image_token_id, image_grid_thw[i]) for i in range(len(images))]
+    media = [(config.image_token_id, image_grid_thw[i]) for i in range(n_prompt_images)]
     media += [(config.video_token_id, video_grid_thw[i]) for i in range(len(videos))]
     for i, (tok, grid) in enumerate(media):
         n_tok = int(grid.prod()) // (merge * merge)
@@ -616,6 +619,15 @@ def cmd_record(args: argparse.Namespace) -> None:
         raise SystemExit(f"record: token id {max(ids)} is not below vocab_size {config.text_config.vocab_size}")
     input_ids = torch.tensor([ids], dtype=torch.long)
     attention_mask = torch.ones_like(input_ids)
+    if args.pad_batch:
+        # A left-padded batch of 2: row 1 is row 0 without its first PAD tokens, padded on the left.
+        k = args.pad_batch
+        if k >= len(parse_ids(args.text_before)) + 1:
+            raise SystemExit(f"record: --pad-batch {k} must be shorter than --text-before")
+        pad_id = config.text_config.pad_token_id if config.text_config.pad_token_id is not None else 0
+        row1 = [pad_id] * k + ids[k:]
+        input_ids = torch.tensor([ids, row1], dtype=torch.long)
+        attention_mask = torch.tensor([[1] * len(ids), [0] * k + [1] * (len(ids) - k)], dtype=torch.long)
     mm_token_type_ids = torch.zeros_like(input_ids, dtype=torch.int32)
     mm_token_type_ids[input_ids == config.image_token_id] = 1
     mm_token_type_ids[input_ids == config.video_token_id] = 2
@@ -677,7 +689,8 @@ def cmd_record(args: argparse.Namespace) -> None:
         window_padding |= (h // merge) % ws != 0 or (w // merge) % ws != 0
     scenario = {
         "name": args.name,
-        "input_ids": ids,
+        "input_ids": input_ids.tolist(),
+        "attention_mask": attention_mask.tolist(),
         "images": [{"source": s, "grid_thw": image_grid_thw[i].tolist()} for i, s in enumerate(args.image)],
         "videos": [{"source": s, "grid_thw": video_grid_thw[i].tolist(), "fps": args.fps}
                    for i, s in enumerate(args.video)],
@@ -733,6 +746,8 @@ def main(argv=None) -> None:
                     help="directory of frame images, or synthetic:TxHxW[:seed]; repeat for several videos "
                          "(placed after the images)")
     rc.add_argument("--fps", type=float, default=2.0, help="video frame rate (second_per_grid_ts = 2 / fps)")
+    rc.add_argument("--pad-batch", type=int, default=0, metavar="K",
+                    help="make a left-padded batch of 2: row 1 drops the first K tokens and is padded on the left")
     rc.add_argument("--generate", type=int, default=0, metavar="N",
                     help="also run transformers' greedy generate for N new tokens and store the token ids")
     rc.add_argument("--set", action="append", default=[], metavar="KEY=JSON",

@@ -24,6 +24,12 @@ scenario "$tiny" tiny_w112_252x196 --set vision_config.window_size=112 --image s
 scenario "$tiny" tiny_two_images --image synthetic:112x84 --image synthetic:84x112:7
 # A video of 4 different frames: grid (2, 8, 6), second_per_grid_ts 1.0.
 scenario "$tiny" tiny_video --video synthetic:4x112x84
+# A left-padded batch of 2 (row 1 drops 2 prompt tokens and is padded on the left): padding masks,
+# get_rope_index with attention_mask, and batched generation.
+scenario "$tiny" tiny_padded_batch --image synthetic:112x84 --pad-batch 2
+# Tied embeddings: lm_head.weight is the embedding (no lm_head in the checkpoint).
+"$py" "$rec" make-tiny --tie --out "$wdir/tiny_tied" --seed 2
+scenario "$wdir/tiny_tied" tiny_tied --image synthetic:112x84
 # Two vision blocks at the real dimensions on a 476x420 image: grid (1, 34, 30), 1020 patches, 20 windows,
 # uneven at the bottom and right edges (448x448 would tile exactly and exercise no padding). Some bugs only
 # show at real sizes (vllm#15200). The checkpoint is ~260 MB: generated, not committed.

@@ -42,3 +42,52 @@ TEST(Generate, TokenIdenticalToTransformersGenerate) {
 
 }  // namespace
 }  // namespace qvl::testing
+
+namespace qvl::testing {
+namespace {
+
+// First step at which our tokens differ from transformers' (or -1), for a generation driven by `step_positions`.
+int first_difference(const std::string& path, const std::function<at::Tensor(const model::DecodeState&)>& step_positions) {
+  Recording rec = Recording::open(path);
+  auto gen = nlohmann::json::parse(rec.attr("scenario"))["generation"];
+  auto want = gen["new_tokens"].get<std::vector<std::vector<int64_t>>>();
+  const GoldenModel& m = model_for(rec);
+  model::DecodeState s = model::prefill(m.weights, recorded_model_inputs(rec), m.config);
+  for (size_t t = 0; t < want[0].size(); ++t) {
+    at::Tensor next = s.logits.argmax(-1);
+    for (size_t b = 0; b < want.size(); ++b)
+      if (next[b].item<int64_t>() != want[b][t]) return static_cast<int>(t);
+    model::decode_step(m.weights, s, next, m.config, step_positions(s));
+  }
+  return -1;
+}
+
+TEST(PlantedBug, DecodeStepIgnoringRopeDeltasDiverges) {
+  const std::string path = data_path("recordings/tiny_fp32.h5");
+  QVL_REQUIRE_FILE(path);
+  // Control: the correct positions (previous + 1) reproduce all 64 tokens.
+  EXPECT_EQ(first_difference(path, [](const model::DecodeState&) { return at::Tensor(); }), -1);
+  // The bug: decode positions = the absolute token index (past length) on all rows, i.e. without the
+  // rope_deltas that M-RoPE's compressed image positions introduce (-8 here).
+  int diff = first_difference(path, [](const model::DecodeState& s) {
+    const int64_t B = s.attention_mask.size(0), n = s.cache.length();
+    return at::full({3, B, 1}, n, at::kLong);
+  });
+  EXPECT_GE(diff, 0) << "generation ignoring rope_deltas still matched all 64 tokens";
+  std::printf("ignoring rope_deltas: first differing token at step %d of 64\n", diff);
+}
+
+TEST(PlantedBug, IgnoredPaddingMaskFails) {
+  const std::string path = generated_recordings_dir() + "/tiny_padded_batch_fp32.h5";
+  QVL_REQUIRE_FILE(path);
+  // The text model run without the 2-D padding mask (causal only): the left-padded row attends to padding.
+  auto bug = [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    at::Tensor h = text::text_model(w, c.input("inputs_embeds").as_tensor(), at::Tensor(),
+                                    c.input("position_ids").as_tensor(), cfg.text);
+    return Value::dict({{"last_hidden_state", Value::of(h)}});
+  };
+  expect_all_fail(path, "Qwen2_5_VLTextModel", bug);
+}
+
+}  // namespace
+}  // namespace qvl::testing
