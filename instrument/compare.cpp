@@ -2,9 +2,30 @@
 
 #include <map>
 
+#include "functional/text.h"
 #include "functional/vision.h"
 
 namespace qvl {
+
+namespace {
+std::map<std::string, std::string> chained_attrs(const Recording& ref) {
+  return {{"producer", "qvl 0.1.0"},
+          {"dtype", ref.attr("dtype")},
+          {"device", "cpu"},
+          {"attn_implementation", "functional (eager-equivalent)"},
+          {"config", ref.has_attr("config") ? ref.attr("config") : "{}"},
+          {"scenario", ref.has_attr("scenario") ? ref.attr("scenario") : "{}"},
+          {"reference", ref.path()}};
+}
+}  // namespace
+
+size_t record_model_chained(const Weights& root, const ModelConfig& cfg, const Recording& ref,
+                            const std::string& out_path) {
+  RecordingWriter writer(out_path, chained_attrs(ref));
+  model::lm_forward(root, recorded_model_inputs(ref), cfg, &writer);
+  writer.close();
+  return writer.size();
+}
 
 size_t record_vision_chained(const Weights& root, const ModelConfig& cfg, const Recording& ref,
                              const std::string& out_path) {
@@ -15,15 +36,7 @@ size_t record_vision_chained(const Weights& root, const ModelConfig& cfg, const 
   RecordedCall call = ref.load(tower);
   const at::Tensor pixel_values = call.input("hidden_states", 0).as_tensor("pixel_values");
   const at::Tensor grid_thw = call.input("grid_thw", 1).as_tensor("grid_thw");
-  std::map<std::string, std::string> attrs = {
-      {"producer", "qvl 0.1.0"},
-      {"dtype", ref.attr("dtype")},
-      {"device", "cpu"},
-      {"attn_implementation", "functional (eager-equivalent)"},
-      {"config", ref.has_attr("config") ? ref.attr("config") : "{}"},
-      {"scenario", ref.has_attr("scenario") ? ref.attr("scenario") : "{}"},
-      {"reference", ref.path()}};
-  RecordingWriter writer(out_path, attrs);
+  RecordingWriter writer(out_path, chained_attrs(ref));
   vision::transformer(root.at(call.header.module_path), pixel_values, grid_thw, cfg.vision, &writer);
   writer.close();
   return writer.size();

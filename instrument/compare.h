@@ -33,6 +33,11 @@ struct CompareReport {
 size_t record_vision_chained(const Weights& root, const ModelConfig& cfg, const Recording& ref,
                              const std::string& out_path);
 
+// The chained run of the whole model (Qwen2_5_VLForConditionalGeneration) from the recording's token ids
+// and pixel values, recorded to `out_path`. Returns the number of calls recorded.
+size_t record_model_chained(const Weights& root, const ModelConfig& cfg, const Recording& ref,
+                            const std::string& out_path);
+
 // Judges `ours` against `ref` with the thresholds of the reference's dtype. bf16: ours and HF's bf16
 // outputs against the reference's fp32 chain (outputs_fp32_chain: the fp32 model run end to end; older
 // recordings without it fall back to the per-call outputs_fp32), ours at most 2x HF's own error.

@@ -150,8 +150,8 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
 }
 
 // --- run-vision: the chained run of the functional vision tower, recorded from C++ ----------------------
-int cmd_run_vision(const std::string& weights_path, const std::string& ref_path, const std::string& out_path,
-                   const std::vector<std::string>& scales) {
+int cmd_run(bool vision_only, const std::string& weights_path, const std::string& ref_path, const std::string& out_path,
+            const std::vector<std::string>& scales) {
   ModelConfig cfg;
   Weights root = load_weights_any(weights_path, &cfg);
   Recording ref = Recording::open(ref_path);
@@ -167,8 +167,8 @@ int cmd_run_vision(const std::string& weights_path, const std::string& ref_path,
     root.set(path, root.tensor(path) * factor);
     std::printf("  scaled %s by %g\n", path.c_str(), factor);
   }
-  const size_t n = record_vision_chained(root, cfg, ref, out_path);
-  std::printf("recorded %zu calls of the functional vision tower to %s\n", n, out_path.c_str());
+  const size_t n = vision_only ? record_vision_chained(root, cfg, ref, out_path) : record_model_chained(root, cfg, ref, out_path);
+  std::printf("recorded %zu calls of the functional %s to %s\n", n, vision_only ? "vision tower" : "model", out_path.c_str());
   return 0;
 }
 
@@ -345,12 +345,16 @@ int main(int argc, char** argv) {
   std::string ref_path, ours_path, run_out;
   std::vector<std::string> scales;
   std::string run_weights = kDefaultWeights;
-  auto* run_vision = app.add_subcommand("run-vision",
-      "Chained run: the functional vision tower from a recording's pixel_values, recorded from C++");
-  run_vision->add_option("reference", ref_path, "Reference recording (transformers) giving pixel_values and grid_thw")->required();
-  run_vision->add_option("--weights", run_weights, "qvl.weights .h5 or HF checkpoint directory")->capture_default_str();
-  run_vision->add_option("-o,--out", run_out, "Output recording (qvl.recording schema)")->required();
-  run_vision->add_option("--scale-weight", scales, "PATH=FACTOR: scale one weight tensor (see where a change diverges)");
+  auto add_run = [&](const char* name, const char* help) {
+    auto* cmd = app.add_subcommand(name, help);
+    cmd->add_option("reference", ref_path, "Reference recording (transformers) giving the inputs")->required();
+    cmd->add_option("--weights", run_weights, "qvl.weights .h5 or HF checkpoint directory")->capture_default_str();
+    cmd->add_option("-o,--out", run_out, "Output recording (qvl.recording schema)")->required();
+    cmd->add_option("--scale-weight", scales, "PATH=FACTOR: scale one weight tensor (see where a change diverges)");
+    return cmd;
+  };
+  auto* run_vision = add_run("run-vision", "Chained run: the functional vision tower from a recording's pixel_values, recorded from C++");
+  auto* run_model = add_run("run", "Chained run: the whole functional model from a recording's token ids and pixel values, recorded from C++");
   bool compare_all = false;
   auto* compare_cmd = app.add_subcommand("compare", "Compare two recordings call by call; report the first divergent module");
   compare_cmd->add_option("reference", ref_path, "Reference recording")->required();
@@ -376,7 +380,8 @@ int main(int argc, char** argv) {
     if (check->parsed()) return cmd_check(weights, recording, verbose, only);
     if (convert->parsed()) return cmd_convert(hf_dir, out, gzip);
     if (inspect->parsed()) return cmd_inspect(inspect_path);
-    if (run_vision->parsed()) return cmd_run_vision(run_weights, ref_path, run_out, scales);
+    if (run_vision->parsed()) return cmd_run(true, run_weights, ref_path, run_out, scales);
+    if (run_model->parsed()) return cmd_run(false, run_weights, ref_path, run_out, scales);
     if (compare_cmd->parsed()) return cmd_compare(ref_path, ours_path, compare_all);
     if (gen_cmd->parsed()) return cmd_generate(gen_weights, gen_inputs, gen_max, gen_eos);
   } catch (const c10::Error& e) {

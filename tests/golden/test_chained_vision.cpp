@@ -68,3 +68,48 @@ TEST(ChainedRun, FirstDivergenceIsThePlantedModule) {
 
 }  // namespace
 }  // namespace qvl::testing
+
+namespace qvl::testing {
+namespace {
+
+TEST(ChainedRun, FullModelMatchesTransformersCallByCall) {
+  auto files = recording_files();
+  if (files.empty()) GTEST_SKIP() << "no recordings";
+  int runs = 0;
+  for (const auto& path : files) {
+    Recording ref = Recording::open(path);
+    const GoldenModel& m = model_for(ref);
+    TempDir d;
+    const size_t n = record_model_chained(m.weights, m.config, ref, d.file("ours.h5"));
+    CompareReport rep = compare_recordings(ref, Recording::open(d.file("ours.h5")));
+    EXPECT_EQ(static_cast<size_t>(rep.compared), n) << path;
+    EXPECT_EQ(rep.missing, 0) << path << ": reference calls the chained run did not make";
+    EXPECT_EQ(rep.failed, 0) << path << ": first divergence at "
+                             << (rep.first_divergent >= 0 ? rep.rows[rep.first_divergent].ref.module_path + ": " +
+                                                                rep.rows[rep.first_divergent].why
+                                                          : "");
+    ++runs;
+  }
+  EXPECT_GT(runs, 0);
+}
+
+TEST(ChainedRun, FirstDivergenceInTheDecoderIsThePlantedLayer) {
+  const std::string path = data_path("recordings/tiny_fp32.h5");
+  QVL_REQUIRE_FILE(path);
+  Recording ref = Recording::open(path);
+  const GoldenModel& m = model_for(ref);
+  Weights w = cast_floating(m.weights, at::kFloat);
+  const std::string key = "model.language_model.layers.1.post_attention_layernorm.weight";
+  w.set(key, w.tensor(key) * 1.02);
+  TempDir d;
+  record_model_chained(w, m.config, ref, d.file("ours.h5"));
+  CompareReport rep = compare_recordings(ref, Recording::open(d.file("ours.h5")));
+  ASSERT_GE(rep.first_divergent, 0);
+  EXPECT_EQ(rep.rows[rep.first_divergent].ref.module_path, "model.language_model.layers.1.post_attention_layernorm");
+  for (const auto& r : rep.rows)
+    if (r.ref.module_path.rfind("model.visual", 0) == 0 || r.ref.module_path == "model.language_model.layers.0")
+      EXPECT_TRUE(r.pass) << r.ref.module_path << " runs before the planted change";
+}
+
+}  // namespace
+}  // namespace qvl::testing
