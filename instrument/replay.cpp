@@ -246,6 +246,21 @@ std::vector<TensorCheck> judge_outputs(const Value& ours, const Value& ref, cons
   return out;
 }
 
+ReplayModel replay_model(Weights weights, const ModelConfig& weights_config, const Recording& rec) {
+  ReplayModel m;
+  m.config = recording_config(rec, weights_config);
+  const std::string dtype = rec.attr("dtype");
+  const at::ScalarType want = dtype == "bfloat16" ? at::kBFloat16 : dtype == "float16" ? at::kHalf : at::kFloat;
+  for (const auto& [k, t] : weights.flatten()) {
+    if (t.is_floating_point() && t.scalar_type() != want) {
+      m.cast = true;
+      break;
+    }
+  }
+  m.weights = m.cast ? cast_floating(weights, want) : std::move(weights);
+  return m;
+}
+
 Weights cast_floating(const Weights& w, at::ScalarType dtype) {
   Weights out;
   for (const auto& [k, t] : w.flatten()) out.set(k, t.is_floating_point() ? t.to(dtype) : t);

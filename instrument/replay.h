@@ -64,6 +64,16 @@ Value as_outputs(const Value& v);
 // overrides made at record time), else `fallback` (the weights file's config.json).
 ModelConfig recording_config(const Recording& rec, const ModelConfig& fallback);
 
+// What a replay of `rec` needs: its config (recording_config over the weights' own) and the weights cast
+// to the recording's dtype, as transformers' from_pretrained(dtype=...) did. `cast` says whether a cast
+// happened.
+struct ReplayModel {
+  Weights weights;
+  ModelConfig config;
+  bool cast = false;
+};
+ReplayModel replay_model(Weights weights, const ModelConfig& weights_config, const Recording& rec);
+
 // The model inputs of a recording's top-level call (Qwen2_5_VLForConditionalGeneration, else
 // Qwen2_5_VLModel): input_ids, attention_mask, mm_token_type_ids, pixel values and grids.
 model::Inputs recorded_model_inputs(const Recording& rec);

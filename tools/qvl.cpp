@@ -36,23 +36,17 @@ std::string trunc(const std::string& s, size_t n) { return s.size() <= n ? s : "
 // --- check -----------------------------------------------------------------------------------------
 int cmd_check(const std::string& weights_path, const std::string& recording_path, bool verbose,
               const std::vector<std::string>& only) {
-  ModelConfig cfg;
-  Weights root = load_weights_any(weights_path, &cfg);
+  ModelConfig wcfg;
   Recording rec = Recording::open(recording_path);
-  cfg = recording_config(rec, cfg);  // what transformers ran with, overrides included
+  // What transformers ran with (overrides included), weights cast as from_pretrained(dtype=...) did.
+  ReplayModel rm = replay_model(load_weights_any(weights_path, &wcfg), wcfg, rec);
+  const Weights& root = rm.weights;
+  const ModelConfig& cfg = rm.config;
   const std::string dtype = rec.attr("dtype");
   const bool bf16 = dtype == "bfloat16";
   Registry reg = Registry::defaults();
-  // transformers loaded the checkpoint with from_pretrained(dtype=<recording dtype>): do the same.
-  const at::ScalarType rec_dtype = dtype == "bfloat16" ? at::kBFloat16 : dtype == "float16" ? at::kHalf : at::kFloat;
-  std::string cast_note;
-  for (const auto& [k, t] : root.flatten()) {
-    if (t.is_floating_point() && t.scalar_type() != rec_dtype) {
-      root = cast_floating(root, rec_dtype);
-      cast_note = "  weights:   cast to " + dtype + " as from_pretrained(dtype=" + dtype + ") does\n";
-      break;
-    }
-  }
+  const std::string cast_note =
+      rm.cast ? "  weights:   cast to " + dtype + " as from_pretrained(dtype=" + dtype + ") does\n" : "";
 
   std::printf("qvl check\n  weights:   %s\n  recording: %s\n  producer:  %s, torch %s, %s, %s attention\n",
               weights_path.c_str(), recording_path.c_str(), rec.attr("producer").c_str(),
@@ -152,12 +146,11 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
 // --- run-vision: the chained run of the functional vision tower, recorded from C++ ----------------------
 int cmd_run(bool vision_only, const std::string& weights_path, const std::string& ref_path, const std::string& out_path,
             const std::vector<std::string>& scales) {
-  ModelConfig cfg;
-  Weights root = load_weights_any(weights_path, &cfg);
+  ModelConfig wcfg;
   Recording ref = Recording::open(ref_path);
-  cfg = recording_config(ref, cfg);
-  const std::string dtype = ref.attr("dtype");
-  root = cast_floating(root, dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
+  ReplayModel rm = replay_model(load_weights_any(weights_path, &wcfg), wcfg, ref);
+  Weights& root = rm.weights;
+  const ModelConfig& cfg = rm.config;
   // Researcher knob: scale one weight tensor to see where and how a change propagates.
   for (const auto& s : scales) {
     const auto eq = s.find('=');
@@ -211,12 +204,12 @@ int cmd_compare(const std::string& ref_path, const std::string& ours_path, bool 
 
 // --- generate: greedy decoding with a KV cache, tokens printed as they come ---------------------------------
 int cmd_generate(const std::string& weights_path, const std::string& inputs_path, int64_t max_new, std::vector<int64_t> eos) {
-  ModelConfig cfg;
-  Weights root = load_weights_any(weights_path, &cfg);
+  ModelConfig wcfg;
   Recording rec = Recording::open(inputs_path);
-  cfg = recording_config(rec, cfg);
+  ReplayModel rm = replay_model(load_weights_any(weights_path, &wcfg), wcfg, rec);
+  const Weights& root = rm.weights;
+  const ModelConfig& cfg = rm.config;
   const std::string dtype = rec.attr("dtype");
-  root = cast_floating(root, dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
   model::Inputs in = recorded_model_inputs(rec);
   model::GenerateOptions opt;
   opt.max_new_tokens = max_new;

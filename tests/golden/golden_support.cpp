@@ -40,11 +40,9 @@ const GoldenModel& model_for(const Recording& rec) {
     }
   }
   if (wpath.empty()) throw std::runtime_error(rec.path() + ": weights '" + model_dir + "' not found");
-  GoldenModel m;
-  m.weights = load_weights_any(wpath, &m.config);
-  m.config = recording_config(rec, m.config);
-  const std::string dtype = rec.attr("dtype");
-  if (dtype == "bfloat16") m.weights = cast_floating(m.weights, at::kBFloat16);
+  ModelConfig wcfg;
+  ReplayModel rm = replay_model(load_weights_any(wpath, &wcfg), wcfg, rec);
+  GoldenModel m{std::move(rm.weights), rm.config};
   return cache.emplace(rec.path(), std::move(m)).first->second;
 }
 
