@@ -7,30 +7,19 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "bench/bench_timing.h"
 #include "converter/convert.h"
 #include "functional/text.h"
 #include "instrument/h5io.h"
 #include "instrument/replay.h"
 
 namespace {
-double median_ms(int reps, const std::function<void()>& run) {
-  for (int i = 0; i < 2; ++i) run();  // warm-up
-  std::vector<double> ms;
-  for (int i = 0; i < reps; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    run();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+double median_ms(int reps, const std::function<void()>& run) { return qvl::bench::time_ms(reps, 2, run).median_ms; }
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -14,11 +14,9 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import h5py
 import torch
@@ -26,22 +24,15 @@ import torch
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "recordings"))
 import record_reference as rr  # noqa: E402
+from timing import time_ms  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.cache_utils import DynamicCache  # noqa: E402
 
 BIN = os.path.join(here, "..", "build", "bench", "qvl_bench_text")
 
 
-def median_ms(fn, reps, warm=2):
-    with torch.no_grad():
-        for _ in range(warm):
-            fn()
-        ms = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ms.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ms)
+def median_ms(fn, reps):
+    return time_ms(fn, reps, warmup=2)[0]
 
 
 def cpp(*args):

@@ -3,8 +3,6 @@
 //   qvl_bench_vision tower CKPT_DIR INPUTS.h5 REPS    pixel_values, grid_thw -> vision::transformer
 //   qvl_bench_vision block CKPT_DIR INPUTS.h5 REPS    x, cu_seqlens, cos, sin -> vision::block (blocks.0)
 // Prints one JSON line: {"median_ms": ..., "min_ms": ..., "threads": ...}.
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -12,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
+#include "bench/bench_timing.h"
 #include "converter/convert.h"
 #include "functional/vision.h"
 #include "instrument/h5io.h"
@@ -47,15 +46,8 @@ int main(int argc, char** argv) {
       throw std::runtime_error("mode must be tower or block, got '" + mode + "'");
     }
     c10::InferenceMode guard;  // like torch.no_grad in the Python timing
-    for (int i = 0; i < 3; ++i) run();  // warm-up
-    std::vector<double> ms;
-    for (int i = 0; i < reps; ++i) {
-      auto t0 = std::chrono::steady_clock::now();
-      run();
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(ms.begin(), ms.end());
-    std::printf("{\"median_ms\": %.4f, \"min_ms\": %.4f, \"threads\": %d}\n", ms[ms.size() / 2], ms.front(),
+    const bench::Timing t = bench::time_ms(reps, 3, run);
+    std::printf("{\"median_ms\": %.4f, \"min_ms\": %.4f, \"threads\": %d}\n", t.median_ms, t.min_ms,
                 at::get_num_threads());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "qvl_bench_vision: error: %s\n", e.what());

@@ -13,11 +13,9 @@ implementation qvl mirrors; sdpa is timed too for reference.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import h5py
 import torch
@@ -25,20 +23,9 @@ import torch
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "recordings"))
 import record_reference as rr  # noqa: E402
+from timing import time_ms  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index  # noqa: E402
-
-
-def time_py(fn, reps):
-    with torch.no_grad():
-        for _ in range(3):
-            fn()
-        ms = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ms.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ms), min(ms)
 
 
 def save_inputs(path, **tensors):
@@ -75,7 +62,7 @@ def main():
         save_inputs(os.path.join(tmp, "tiny.h5"), pixel_values=pv, grid_thw=grid)
         for attn in ("eager", "sdpa"):
             visual = load(tiny, attn).model.visual
-            med, mn = time_py(lambda: visual(pv, grid_thw=grid), a.reps)
+            med, mn = time_ms(lambda: visual(pv, grid_thw=grid), a.reps)
             rows.append(("tiny tower 112x84", f"transformers {attn}", med, mn))
         med, mn, threads = time_cpp(a.binary, "tower", tiny, os.path.join(tmp, "tiny.h5"), a.reps)
         rows.append(("tiny tower 112x84", "qvl functional", med, mn))
@@ -104,7 +91,7 @@ def main():
             save_inputs(inputs, x=x, cu_seqlens=cu, cos=cos, sin=sin)
             for attn in ("eager", "sdpa"):
                 blk = load(real, attn).model.visual.blocks[0]
-                med, mn = time_py(lambda: blk(x, cu_seqlens=cu, position_embeddings=(cos, sin)), a.reps)
+                med, mn = time_ms(lambda: blk(x, cu_seqlens=cu, position_embeddings=(cos, sin)), a.reps)
                 rows.append((f"real block 448x448 {name}", f"transformers {attn}", med, mn))
             med, mn, _ = time_cpp(a.binary, "block", real, inputs, a.reps)
             rows.append((f"real block 448x448 {name}", "qvl functional", med, mn))

@@ -15,8 +15,7 @@ CosSin rotary(const at::Tensor& pos, at::ScalarType dtype, const TextConfig& c, 
   }
   RecordScope rs(rec, path, "Qwen2_5_VLRotaryEmbedding", [&] { return Value::dict({{"arg1", Value::of(pos)}}); });
   const int64_t Dh = c.head_dim(), B = pos.size(1);
-  // inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
-  at::Tensor inv_freq = at::reciprocal(at::pow(c.rope_theta, at::arange(0, Dh, 2, at::kFloat) / Dh));
+  at::Tensor inv_freq = rope_inv_freq(c.rope_theta, Dh);
   // inv_freq[None, None, :, None].float().expand(3, B, -1, 1) @ position_ids[:, :, None, :].float()
   at::Tensor inv = inv_freq.view({1, 1, -1, 1}).expand({3, B, -1, 1});
   at::Tensor p = pos.unsqueeze(2).to(at::kFloat);                      // [3, B, 1, T]
@@ -229,10 +228,7 @@ RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& types, c
   return {position_ids, at::tensor(deltas, at::kLong).unsqueeze(1)};
 }
 
-ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec) {
-  RecordScope rs(rec, w.path(), "Qwen2_5_VLModel", [&] {
-    return Value::dict({{"input_ids", Value::of(in.input_ids)}});
-  });
+at::Tensor embed_inputs(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec) {
   const Weights lm = w.at("language_model");
   const at::Tensor& table = lm.tensor("embed_tokens.weight", {c.text.vocab_size, c.text.hidden_size});
   // inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -255,6 +251,15 @@ ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Re
   };
   merge(in.pixel_values, in.image_grid_thw, c.image_token_id, "Image");
   merge(in.pixel_values_videos, in.video_grid_thw, c.video_token_id, "Video");
+  return embeds;
+}
+
+ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec) {
+  RecordScope rs(rec, w.path(), "Qwen2_5_VLModel", [&] {
+    return Value::dict({{"input_ids", Value::of(in.input_ids)}});
+  });
+  const Weights lm = w.at("language_model");
+  at::Tensor embeds = embed_inputs(w, in, c, rec);
   // compute_3d_position_ids: get_rope_index when input_ids, mm_token_type_ids and a grid are present
   ModelOutput out;
   at::Tensor position_ids;
@@ -311,15 +316,7 @@ DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c)
     at::Tensor p = (s.attention_mask.cumsum(-1) - 1).masked_fill(s.attention_mask.eq(0), 0);
     pos = p.unsqueeze(0).expand({3, B, T}).contiguous();
   }
-  at::Tensor embeds = at::embedding(lm.tensor("embed_tokens.weight", {c.text.vocab_size, c.text.hidden_size}), in.input_ids);
-  auto merge = [&](const at::Tensor& pv, const at::Tensor& grid, int64_t token_id) {
-    if (!pv.defined()) return;
-    const at::Tensor& proj = w.tensor("visual.patch_embed.proj.weight");
-    at::Tensor feats = vision::transformer(w.at("visual"), pv.to(proj.scalar_type()), grid, c.vision).pooler_output;
-    embeds = embeds.masked_scatter(in.input_ids.eq(token_id).unsqueeze(-1), feats.to(embeds.scalar_type()));
-  };
-  merge(in.pixel_values, in.image_grid_thw, c.image_token_id);
-  merge(in.pixel_values_videos, in.video_grid_thw, c.video_token_id);
+  at::Tensor embeds = embed_inputs(w, in, c);
   at::Tensor h = text::text_model(lm, embeds, s.attention_mask, pos, c.text, nullptr, &s.cache);
   s.positions = pos.slice(2, pos.size(2) - 1);
   s.logits = last_logits(root, h, c);

@@ -97,6 +97,11 @@ struct Inputs {
   at::Tensor pixel_values_videos, video_grid_thw, second_per_grid_ts;
 };
 
+// The input embeddings: embed_tokens(input_ids), with the vision tower's image and video features
+// masked_scatter'ed into their placeholder tokens (a count mismatch is an error, as in HF).
+//   out [B, T, D]. Weights: the `model` sub-tree.
+at::Tensor embed_inputs(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr);
+
 // Mirrors Qwen2_5_VLModel.forward (prefill, no cache): embed, run the vision tower on images and videos,
 // masked_scatter the features into their placeholder tokens, M-RoPE positions from get_rope_index, then
 // the text model. Weights: the `model` sub-tree (visual, language_model).

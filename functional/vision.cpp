@@ -127,8 +127,7 @@ CosSin rotary(const at::Tensor& pos, const VisionConfig& c, Recorder* rec, const
     return Value::dict({{"arg1", Value::of(pos)}});
   });
   const int64_t spatial_dim = c.head_dim() / 2;
-  // inv_freq = 1.0 / (base ** (torch.arange(0, spatial_dim, 2, dtype=torch.float) / spatial_dim))
-  at::Tensor inv_freq = at::reciprocal(at::pow(c.rope_theta, at::arange(0, spatial_dim, 2, at::kFloat) / spatial_dim));
+  at::Tensor inv_freq = rope_inv_freq(c.rope_theta, spatial_dim);
   // freqs = position_ids[..., None].float() * inv_freq.float()          [S, 2, Dh/4]
   at::Tensor freqs = pos.unsqueeze(-1).to(at::kFloat) * inv_freq;
   // recomposition_frequencies: cat([f_h, f_w], -1) then cat([hw, hw], -1)   [S, Dh]

@@ -37,7 +37,7 @@ Recording Recording::open(const std::string& path) {
     throw h5::Error(where + ": not a qvl recording (format = '" + format + "', expected 'qvl.recording')");
   }
   for (const char* name : {"producer", "dtype", "config", "scenario", "torch_version", "attn_implementation",
-                           "device", "platform"}) {
+                           "device", "platform", "model_dir"}) {
     if (h5::has_attr(f, name)) r.attrs_[name] = h5::attr_str(f, name, where);
   }
   r.attrs_["format"] = format;

@@ -276,7 +276,6 @@ CallResult replay_call(const Recording& rec, size_t index, const Weights& root, 
     r.status = CallResult::Status::NoFunction;
     return r;
   }
-  const bool bf16 = rec.attr("dtype") == "bfloat16";
   try {
     RecordedCall call = rec.load(index);
     const bool is_function = nlohmann::json::parse(call.header.settings, nullptr, false).value("kind", "") == "function";

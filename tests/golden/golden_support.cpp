@@ -27,8 +27,7 @@ const GoldenModel& model_for(const Recording& rec) {
   static std::map<std::string, GoldenModel> cache;
   auto it = cache.find(rec.path());
   if (it != cache.end()) return it->second;
-  h5::File f = h5::open_read(rec.path());
-  const std::string model_dir = h5::attr_str(f.id(), "model_dir", rec.path());
+  const std::string model_dir = rec.attr("model_dir");
   // weights/<name>.h5 (committed, converted), else a checkpoint directory: weights/<name>/ or the build's
   // generated weights (the real-size vision model).
   std::string wpath;

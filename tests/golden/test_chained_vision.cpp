@@ -17,18 +17,23 @@ bool has_vision_tower(const Recording& rec) {
   return false;
 }
 
-TEST(ChainedRun, VisionTowerMatchesTransformersCallByCall) {
+using ChainFn = size_t (*)(const Weights&, const ModelConfig&, const Recording&, const std::string&);
+
+// Runs `chain` on every recording that `wanted` accepts and expects it to match transformers call by
+// call; `all_calls` also requires every reference call to be made (the full model, not just the tower).
+void expect_chains_match(ChainFn chain, bool (*wanted)(const Recording&), bool all_calls) {
   auto files = recording_files();
   if (files.empty()) GTEST_SKIP() << "no recordings";
   int runs = 0;
   for (const auto& path : files) {
     Recording ref = Recording::open(path);
-    if (!has_vision_tower(ref)) continue;
+    if (!wanted(ref)) continue;
     const GoldenModel& m = model_for(ref);
     TempDir d;
-    const size_t n = record_vision_chained(m.weights, m.config, ref, d.file("ours.h5"));
+    const size_t n = chain(m.weights, m.config, ref, d.file("ours.h5"));
     CompareReport rep = compare_recordings(ref, Recording::open(d.file("ours.h5")));
     EXPECT_EQ(static_cast<size_t>(rep.compared), n) << path << ": every call we recorded is in the reference";
+    if (all_calls) EXPECT_EQ(rep.missing, 0) << path << ": reference calls the chained run did not make";
     EXPECT_EQ(rep.failed, 0) << path << ": first divergence at "
                              << (rep.first_divergent >= 0 ? rep.rows[rep.first_divergent].ref.module_path + ": " +
                                                                 rep.rows[rep.first_divergent].why
@@ -36,6 +41,10 @@ TEST(ChainedRun, VisionTowerMatchesTransformersCallByCall) {
     ++runs;
   }
   EXPECT_GT(runs, 0);
+}
+
+TEST(ChainedRun, VisionTowerMatchesTransformersCallByCall) {
+  expect_chains_match(record_vision_chained, has_vision_tower, /*all_calls=*/false);
 }
 
 TEST(ChainedRun, FirstDivergenceIsThePlantedModule) {
@@ -66,31 +75,9 @@ TEST(ChainedRun, FirstDivergenceIsThePlantedModule) {
   EXPECT_GT(block3, block2);
 }
 
-}  // namespace
-}  // namespace qvl::testing
-
-namespace qvl::testing {
-namespace {
 
 TEST(ChainedRun, FullModelMatchesTransformersCallByCall) {
-  auto files = recording_files();
-  if (files.empty()) GTEST_SKIP() << "no recordings";
-  int runs = 0;
-  for (const auto& path : files) {
-    Recording ref = Recording::open(path);
-    const GoldenModel& m = model_for(ref);
-    TempDir d;
-    const size_t n = record_model_chained(m.weights, m.config, ref, d.file("ours.h5"));
-    CompareReport rep = compare_recordings(ref, Recording::open(d.file("ours.h5")));
-    EXPECT_EQ(static_cast<size_t>(rep.compared), n) << path;
-    EXPECT_EQ(rep.missing, 0) << path << ": reference calls the chained run did not make";
-    EXPECT_EQ(rep.failed, 0) << path << ": first divergence at "
-                             << (rep.first_divergent >= 0 ? rep.rows[rep.first_divergent].ref.module_path + ": " +
-                                                                rep.rows[rep.first_divergent].why
-                                                          : "");
-    ++runs;
-  }
-  EXPECT_GT(runs, 0);
+  expect_chains_match(record_model_chained, [](const Recording&) { return true; }, /*all_calls=*/true);
 }
 
 TEST(ChainedRun, FirstDivergenceInTheDecoderIsThePlantedLayer) {

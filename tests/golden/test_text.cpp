@@ -52,7 +52,7 @@ TEST(PlantedBug, InterleavedMRopeInPlaceOfChunkedFails) {
     const auto& t = cfg.text;
     at::Tensor pos = c.input("position_ids", 1).as_tensor();
     const int64_t Dh = t.head_dim(), B = pos.size(1);
-    at::Tensor inv = at::reciprocal(at::pow(t.rope_theta, at::arange(0, Dh, 2, at::kFloat) / Dh));
+    at::Tensor inv = rope_inv_freq(t.rope_theta, Dh);
     at::Tensor freqs = at::matmul(inv.view({1, 1, -1, 1}).expand({3, B, -1, 1}), pos.unsqueeze(2).to(at::kFloat))
                            .transpose(2, 3);  // [3, B, T, Dh/2]
     at::Tensor f = freqs[0].clone();
