@@ -1,17 +1,27 @@
-// Hugging Face Qwen2.5-VL checkpoints (config.json + safetensors, single or sharded) -> the nested weight
-// tree, keyed by the runtime module paths of the pinned transformers (DESIGN.md §4).
+// Hugging Face Qwen2.5-VL checkpoints (config.json + safetensors, single or sharded) <-> the nested weight
+// tree (HDF5), keyed by the runtime module paths of the pinned transformers (DESIGN.md §4).
 //
 // Key layouts accepted (reference notes §2.2-2.3), mapped to one canonical tree:
 //   hub / transformers 5.x save_pretrained:  visual.X -> model.visual.X ; model.X -> model.language_model.X
 //   transformers 4.52+ runtime layout:       model.visual.X, model.language_model.X (unchanged)
 //   lm_head.weight                           unchanged; absent with tie_word_embeddings -> the embedding
-// Any other key is an error naming the key and its shard.
+// Keys dropped on purpose (listed in the report with the reason): the non-persistent rotary buffers
+// (*.rotary_emb.inv_freq, *.rotary_pos_emb.inv_freq, *.original_inv_freq) some old saves carry.
+// Any other key outside these layouts is an error naming the key and its shard.
+//
+// Before a byte of tensor data is read, every shard header is validated, the index (if any) is checked
+// against the shards, and every shape is checked against config.json (converter/shapes.h).
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <functional>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "converter/safetensors.h"
 #include "functional/config.h"
 #include "functional/weights.h"
 
@@ -19,36 +29,122 @@ namespace qvl {
 
 struct Checkpoint {
   std::string dir;
-  std::string config_json;          // config.json text
-  std::vector<std::string> shards;  // paths of the .safetensors files
+  std::string config_json;                        // config.json text
+  std::vector<std::string> shards;                // paths of the .safetensors files
+  bool indexed = false;                           // model.safetensors.index.json present
+  std::map<std::string, std::string> weight_map;  // index: checkpoint key -> shard file name
 };
 
-// Finds config.json and the shards (model.safetensors.index.json if present, else *.safetensors).
+// Finds config.json and the shards: model.safetensors.index.json if present (every named shard must exist),
+// else *.safetensors (files named like model-00002-of-00004.safetensors must form the complete set).
 Checkpoint find_checkpoint(const std::string& dir);
 
-// The canonical runtime path for a checkpoint key; `layout` receives "hub" or "runtime".
+// The canonical runtime path for a checkpoint key; `layout` receives "hub", "runtime" or "" (lm_head).
 std::string canonical_key(const std::string& key, const std::string& shard, std::string* layout);
+// The inverse: a canonical key written in `layout` ("hub" or "runtime").
+std::string checkpoint_key(const std::string& canonical, const std::string& layout);
+// Why a checkpoint key is dropped on purpose, or "" when it is kept.
+std::string dropped_key_reason(const std::string& key);
 
 // The tied-embedding rule: with tie_word_embeddings and no lm_head.weight, lm_head.weight is the embedding.
 // Returns a note describing what was done ("" if nothing).
 std::string resolve_tied_lm_head(Weights& w, const ModelConfig& cfg);
 
-// Loads a checkpoint directory straight into a Weights tree (no conversion step).
-Weights load_checkpoint(const std::string& dir, ModelConfig* cfg = nullptr, std::string* config_json = nullptr);
+// A checkpoint with every shard mapped and validated (headers, index, key layout, shapes vs config.json);
+// no tensor data read yet.
+struct OpenCheckpoint {
+  struct Tensor {
+    std::string key;  // canonical
+    size_t shard = 0;
+    size_t entry = 0;  // index into files[shard].entries()
+  };
+  Checkpoint ck;
+  ModelConfig cfg;
+  std::vector<SafetensorsFile> files;  // one per shard
+  std::vector<Tensor> tensors;         // shard order, then offset order
+  std::string key_layout;              // "hub", "runtime" or "unknown"
+  std::vector<std::string> notes;      // dropped keys with the reason, the tied lm_head
+  uint64_t tensor_bytes = 0;           // sum of the kept tensors' bytes
+  const SafetensorsEntry& entry(const Tensor& t) const { return files[t.shard].entries()[t.entry]; }
+};
+OpenCheckpoint open_checkpoint(const std::string& dir);
+
+// Loads a checkpoint directory straight into a Weights tree (no conversion step), after open_checkpoint's
+// checks; the tensors are copies (the files may change afterwards).
+Weights load_checkpoint(const std::string& dir, ModelConfig* cfg = nullptr,
+                        std::string* config_json = nullptr);
+
+// A dtype for --dtype: "bf16"/"bfloat16", "f16"/"fp16"/"float16", "f32"/"fp32"/"float32".
+at::ScalarType parse_cast_dtype(const std::string& name);
+// The dtype written under --dtype: floating dtypes (FP8 included) become `dtype`, integer and bool stay.
+at::ScalarType output_dtype(at::ScalarType stored, std::optional<at::ScalarType> dtype);
+// The tensor as written under --dtype (output_dtype of its dtype).
+at::Tensor cast_for_output(const at::Tensor& t, std::optional<at::ScalarType> dtype);
+
+using ProgressFn = std::function<void(uint64_t done_bytes, uint64_t total_bytes)>;
+
+struct ConvertOptions {
+  int gzip_level = 0;                   // 0: none; 1-9: gzip + shuffle, ~1 MiB chunks
+  std::optional<at::ScalarType> dtype;  // cast floating tensors
+  bool durable = true;                  // fsync the file before renaming it into place
+  ProgressFn progress;                  // called after each tensor; may throw to abort (nothing is left)
+};
 
 struct ConvertReport {
   int64_t tensors = 0;
-  uint64_t bytes = 0;
+  uint64_t bytes = 0;  // bytes read from the checkpoint
   std::string key_layout;
   std::vector<std::string> notes;
+  std::vector<std::string> removed_temporaries;  // stale ones of killed runs, removed first
 };
 
-// Streams every tensor of `dir` into a qvl.weights HDF5 file at `out` (temporary file, renamed when
-// complete). `progress(done_bytes, total_bytes)` is called after each tensor if given.
-ConvertReport convert_checkpoint(const std::string& dir, const std::string& out, int gzip_level = 0,
-                                 const std::function<void(uint64_t, uint64_t)>& progress = {});
+// Streams every tensor of `dir` into a qvl.weights HDF5 file at `out`: a temporary file next to it, renamed
+// when complete. Tensors are written straight from the mapped shards, whose pages are dropped after each
+// tensor, so the peak memory stays near the largest tensor (twice that with --dtype).
+ConvertReport convert_checkpoint(const std::string& dir, const std::string& out,
+                                 const ConvertOptions& opt = {});
 
-// Loads the weights for `qvl check` and friends: a qvl.weights .h5 file, or a checkpoint directory.
+struct ExportOptions {
+  std::string layout;  // "hub", "runtime", or "" = the file's key_layout (hub if unknown)
+  uint64_t max_shard_bytes = 5000000000ull;  // like save_pretrained's max_shard_size="5GB"
+  std::optional<at::ScalarType> dtype;
+  bool durable = true;
+  ProgressFn progress;
+};
+
+struct ExportReport {
+  int64_t tensors = 0;
+  uint64_t bytes = 0;               // tensor bytes written
+  std::vector<std::string> shards;  // file names
+  std::string layout;
+  std::vector<std::string> removed_temporaries;
+};
+
+// qvl.weights HDF5 -> a Hugging Face checkpoint directory `out_dir` (must not exist, or be empty):
+// config.json (from the file's config attribute), the shards (model.safetensors, or
+// model-0000i-of-0000N.safetensors + model.safetensors.index.json past max_shard_bytes), metadata
+// {"format": "pt"}. Written into a temporary directory next to `out_dir`, renamed when complete.
+// A tied lm_head that the file does not hold is not written (as save_pretrained does).
+ExportReport export_safetensors(const std::string& h5_path, const std::string& out_dir,
+                                const ExportOptions& opt = {});
+
+// A tensor stored in an HDF5 file, listed without reading its data.
+struct StoredTensor {
+  std::string path;   // dotted ("model.visual.blocks.0.attn.qkv.weight", "calls.000003.inputs.arg0")
+  std::string dtype;  // the `dtype` attribute ("bfloat16"); "python int|float|bool" for a recorded scalar;
+                      // "hdf5-int64"-like from the stored type when there is no attribute
+  std::vector<int64_t> shape;
+  uint64_t nbytes = 0;
+};
+std::vector<StoredTensor> list_h5_tensors(const std::string& path);
+
+// Temporaries of an atomic write to `final_path` (h5::AtomicPath's ".<name>.tmp-<pid>" next to it) whose
+// process no longer runs: a run killed by SIGKILL leaves one. Removes them and returns their paths.
+bool is_temporary_of(const std::string& candidate, const std::string& final_path, long* pid = nullptr);
+std::vector<std::string> remove_stale_temporaries(const std::string& final_path);
+
+// Loads the weights for `qvl check` and friends: a qvl.weights .h5 file, or a checkpoint directory (checked
+// as open_checkpoint does).
 Weights load_weights_any(const std::string& path, ModelConfig* cfg, std::string* config_json = nullptr);
 
 }  // namespace qvl

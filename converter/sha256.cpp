@@ -1,5 +1,8 @@
 #include "converter/sha256.h"
 
+#include <immintrin.h>
+
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -21,7 +24,68 @@ constexpr uint32_t K[64] = {
 
 inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
+std::atomic<bool> g_allow_hw{true};
+
+bool cpu_has_sha() {
+  static const bool has = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+  return has;
+}
+
+// n blocks with the SHA extensions. State layout for sha256rnds2: STATE0 = (A, B, E, F), STATE1 = (C, D, G, H)
+// (highest lane first). Each group of 4 rounds adds K to 4 message words and runs two rnds2 (2 rounds each);
+// words 16..63 come from W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16] via msg1 (the s0 term), an
+// alignr for W[t-7], and msg2 (the s1 term).
+__attribute__((target("sha,sse4.1,ssse3"))) void blocks_sha_ni(uint32_t h[8], const uint8_t* p, size_t n) {
+  const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i tmp = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h));        // D C B A
+  __m128i state1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + 4));  // H G F E
+  tmp = _mm_shuffle_epi32(tmp, 0xB1);                                         // C D A B
+  state1 = _mm_shuffle_epi32(state1, 0x1B);                                   // E F G H
+  __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);                           // A B E F
+  state1 = _mm_blend_epi16(state1, tmp, 0xF0);                                // C D G H
+  for (; n > 0; --n, p += 64) {
+    const __m128i save0 = state0, save1 = state1;
+    // The message schedule first (it does not depend on the state, so it overlaps the rounds).
+    __m128i x[16];
+#pragma GCC unroll 16
+    for (int g = 0; g < 16; ++g) {
+      if (g < 4) {
+        x[g] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * g)), bswap);
+      } else {
+        const __m128i t = _mm_add_epi32(_mm_sha256msg1_epu32(x[g - 4], x[g - 3]), _mm_alignr_epi8(x[g - 1], x[g - 2], 4));
+        x[g] = _mm_sha256msg2_epu32(t, x[g - 1]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int g = 0; g < 16; ++g) {
+      __m128i msg = _mm_add_epi32(x[g], _mm_loadu_si128(reinterpret_cast<const __m128i*>(K + 4 * g)));
+      state1 = _mm_sha256rnds2_epu32(state1, state0, msg);
+      msg = _mm_shuffle_epi32(msg, 0x0E);
+      state0 = _mm_sha256rnds2_epu32(state0, state1, msg);
+    }
+    state0 = _mm_add_epi32(state0, save0);
+    state1 = _mm_add_epi32(state1, save1);
+  }
+  tmp = _mm_shuffle_epi32(state0, 0x1B);        // F E B A
+  state1 = _mm_shuffle_epi32(state1, 0xB1);     // D C H G
+  state0 = _mm_blend_epi16(tmp, state1, 0xF0);  // D C B A
+  state1 = _mm_alignr_epi8(state1, tmp, 8);     // H G F E
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h), state0);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h + 4), state1);
+}
+
 }  // namespace
+
+bool Sha256::hardware() { return g_allow_hw && cpu_has_sha(); }
+void Sha256::allow_hardware(bool allow) { g_allow_hw = allow; }
+
+void Sha256::blocks(const uint8_t* p, size_t n) {
+  if (hardware()) {
+    blocks_sha_ni(h_, p, n);
+    return;
+  }
+  for (; n > 0; --n, p += 64) block(p);
+}
 
 Sha256::Sha256()
     : h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
@@ -50,9 +114,11 @@ void Sha256::update(const void* data, size_t n) {
     size_t take = std::min(n, 64 - buf_len_);
     std::memcpy(buf_ + buf_len_, p, take);
     buf_len_ += take; p += take; n -= take;
-    if (buf_len_ == 64) { block(buf_); buf_len_ = 0; }
+    if (buf_len_ == 64) { blocks(buf_, 1); buf_len_ = 0; }
   }
-  for (; n >= 64; p += 64, n -= 64) block(p);
+  blocks(p, n / 64);
+  p += n / 64 * 64;
+  n %= 64;
   if (n) { std::memcpy(buf_, p, n); buf_len_ = n; }
 }
 

@@ -4,10 +4,17 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "functional/rope/rope_config.h"
+
 namespace qvl {
+
+namespace rope {
+struct VisionRope;  // functional/rope/vision_plug.h
+}
 
 struct VisionConfig {
   int64_t depth = 0;
@@ -26,6 +33,9 @@ struct VisionConfig {
   std::string hidden_act = "silu";
   // Hard-coded in HF (Qwen2_5_VLRMSNorm(..., eps=1e-6) in the vision block and merger), not in the config.
   double rms_norm_eps = 1e-6;
+  // Not an HF field (never read from config.json): run the fused CUDA kernels (functional/cuda/fused.h) for
+  // RMSNorm, the rotary apply and the attention over cu_seqlens when the tensors are on a CUDA device.
+  bool fused = false;
 
   int64_t head_dim() const { return hidden_size / num_heads; }
   int64_t patch_dim() const { return in_channels * temporal_patch_size * patch_size * patch_size; }
@@ -44,6 +54,8 @@ struct TextConfig {
   double rope_theta = 1e6;
   std::vector<int64_t> mrope_section;  // sums to head_dim / 2
   bool tie_word_embeddings = false;
+  // Not an HF field: run the fused CUDA kernels for RMSNorm and the rotary apply on CUDA tensors.
+  bool fused = false;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
 };
@@ -55,6 +67,9 @@ struct ModelConfig {
   int64_t video_token_id = 0;
   int64_t vision_start_token_id = 0;
   int64_t vision_end_token_id = 0;
+  rope::TextRope text_rope;  // the text model's rope plan (default: stock M-RoPE); set by --rope, never by config.json
+  // The vision tower's 2-D rotary builder (null: Qwen's own); set by --rope-vision, never by config.json.
+  std::shared_ptr<const rope::VisionRope> vision_rope;
   std::string source;  // where it was parsed from, for error messages
 };
 

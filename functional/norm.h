@@ -17,7 +17,8 @@ namespace qvl {
 // Quirks: the variance is computed in float32 whatever the input dtype, and the normalised value is cast
 // back to the input dtype BEFORE the weight multiply (so bf16 * bf16 weight gives bf16).
 // Vision norms use eps 1e-6 (hard-coded in HF); text norms use config.rms_norm_eps.
-at::Tensor rms_norm(const Weights& w, const at::Tensor& x, double eps, Recorder* rec = nullptr);
+// fused: on a CUDA x, run the fused kernel (cuda::rms_norm; same maths, one pass) when it covers the dtypes.
+at::Tensor rms_norm(const Weights& w, const at::Tensor& x, double eps, Recorder* rec = nullptr, bool fused = false);
 
 // ACT2FN[name] for the activations Qwen2.5-VL configs use: "silu", "gelu" (exact erf),
 // "gelu_pytorch_tanh", "quick_gelu", "relu". Anything else is an error naming the activation.

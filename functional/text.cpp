@@ -3,8 +3,10 @@
 #include <cmath>
 #include <limits>
 
+#include "functional/cuda/fused.h"
 #include "functional/mlp.h"
 #include "functional/norm.h"
+#include "functional/rope/circle.h"
 #include "functional/vision.h"
 
 namespace qvl::text {
@@ -15,7 +17,7 @@ CosSin rotary(const at::Tensor& pos, at::ScalarType dtype, const TextConfig& c, 
   }
   RecordScope rs(rec, path, "Qwen2_5_VLRotaryEmbedding", [&] { return Value::dict({{"arg1", Value::of(pos)}}); });
   const int64_t Dh = c.head_dim(), B = pos.size(1);
-  at::Tensor inv_freq = rope_inv_freq(c.rope_theta, Dh);
+  at::Tensor inv_freq = rope_inv_freq(c.rope_theta, Dh).to(pos.device());
   // inv_freq[None, None, :, None].float().expand(3, B, -1, 1) @ position_ids[:, :, None, :].float()
   at::Tensor inv = inv_freq.view({1, 1, -1, 1}).expand({3, B, -1, 1});
   at::Tensor p = pos.unsqueeze(2).to(at::kFloat);                      // [3, B, 1, T]
@@ -34,7 +36,12 @@ CosSin rotary(const at::Tensor& pos, at::ScalarType dtype, const TextConfig& c, 
 }
 
 std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
-                                                       const at::Tensor& sin) {
+                                                       const at::Tensor& sin, bool fused) {
+  if (fused && q.is_cuda()) {
+    // one kernel for q and k in float32, rounded once (HF rounds every bf16 op): [B, T, H, Dh] views
+    auto [qe, ke] = cuda::rope_apply(q.transpose(1, 2), k.transpose(1, 2), cuda::rope_tables(cos, sin));
+    return {qe.transpose(1, 2), ke.transpose(1, 2)};
+  }
   at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // [B, 1, T, Dh]
   return {(q * c) + (rotate_half(q) * s), (k * c) + (rotate_half(k) * s)};
 }
@@ -80,7 +87,7 @@ AttentionOutput attention(const Weights& w, const at::Tensor& x, const at::Tenso
     return Value::dict({{"arg0", Value::of(q)}, {"arg1", Value::of(k)}, {"arg2", Value::of(rope.cos)},
                         {"arg3", Value::of(rope.sin)}});
   }, "{\"kind\": \"function\"}");
-  std::tie(q, k) = apply_rotary_pos_emb(q, k, rope.cos, rope.sin);
+  std::tie(q, k) = apply_rotary_pos_emb(q, k, rope.cos, rope.sin, c.fused);
   rot.done(Value::tuple({Value::of(q), Value::of(k)}));
   if (cache) {
     // key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
@@ -119,22 +126,40 @@ at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor
                         {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
   });
   // hidden_states = residual + self_attn(input_layernorm(hidden_states))
-  at::Tensor h = x + attention(w.at("self_attn"), rms_norm(w.at("input_layernorm"), x, c.rms_norm_eps, rec), mask,
+  at::Tensor h = x + attention(w.at("self_attn"), rms_norm(w.at("input_layernorm"), x, c.rms_norm_eps, rec, c.fused), mask,
                                rope, c, rec, cache, layer)
                          .out;
   // hidden_states = residual + mlp(post_attention_layernorm(hidden_states))
-  at::Tensor out = h + mlp(w.at("mlp"), rms_norm(w.at("post_attention_layernorm"), h, c.rms_norm_eps, rec), c, rec);
+  at::Tensor out = h + mlp(w.at("mlp"), rms_norm(w.at("post_attention_layernorm"), h, c.rms_norm_eps, rec, c.fused), c, rec);
   rs.done(Value::of(out));
   return out;
 }
 
 at::Tensor text_model(const Weights& w, const at::Tensor& embeds, const at::Tensor& attention_mask,
                       const at::Tensor& position_ids, const TextConfig& c, Recorder* rec, KVCache* cache) {
+  RopePlan plan{{position_ids}, {""}, std::vector<int64_t>(c.num_hidden_layers, 0)};
+  return text_model(w, embeds, attention_mask, plan, c, rec, cache);
+}
+
+at::Tensor text_model(const Weights& w, const at::Tensor& embeds, const at::Tensor& attention_mask,
+                      const RopePlan& plan, const TextConfig& c, Recorder* rec, KVCache* cache) {
   if (embeds.dim() != 3 || embeds.size(2) != c.hidden_size) {
     throw std::runtime_error("text::text_model: inputs_embeds must be [B, T, " + std::to_string(c.hidden_size) +
                              "], got " + shape_str(embeds.sizes()));
   }
+  if (plan.positions.empty() || plan.names.size() != plan.positions.size() ||
+      static_cast<int64_t>(plan.layer_source.size()) != c.num_hidden_layers) {
+    throw std::runtime_error("text::text_model: the rope plan needs >= 1 source, one name per source and one source per layer (" +
+                             std::to_string(c.num_hidden_layers) + " layers), got " + std::to_string(plan.positions.size()) +
+                             " sources, " + std::to_string(plan.names.size()) + " names, " +
+                             std::to_string(plan.layer_source.size()) + " layers");
+  }
+  for (int64_t s : plan.layer_source) {
+    if (s < 0 || s >= static_cast<int64_t>(plan.positions.size()))
+      throw std::runtime_error("text::text_model: rope plan layer source " + std::to_string(s) + " out of range");
+  }
   const int64_t B = embeds.size(0), T = embeds.size(1);
+  const at::Tensor& position_ids = plan.positions[plan.layer_source[0]];
   RecordScope rs(rec, w.path(), "Qwen2_5_VLTextModel", [&] {
     return Value::dict({{"inputs_embeds", Value::of(embeds)},
                         {"attention_mask", attention_mask.defined() ? Value::of(attention_mask) : Value::none()},
@@ -142,15 +167,25 @@ at::Tensor text_model(const Weights& w, const at::Tensor& embeds, const at::Tens
   });
   // position_ids = arange(T) + past_seen_tokens, expanded to 3 rows, when none are given
   const int64_t past = cache ? cache->length() : 0;
-  at::Tensor pos = position_ids.defined()
-                       ? position_ids
-                       : (at::arange(T, at::kLong) + past).view({1, 1, -1}).expand({3, B, -1});
-  if (pos.dim() == 2) pos = pos.unsqueeze(0).expand({3, pos.size(0), -1});
-  at::Tensor mask = causal_mask(attention_mask, B, T, past, embeds.scalar_type());
-  CosSin rope = rotary(pos, embeds.scalar_type(), c, rec, w.path() + ".rotary_emb");
+  // built on the host, used where the activations live
+  at::Tensor mask = causal_mask(attention_mask.defined() ? attention_mask.to(at::kCPU) : attention_mask, B, T, past,
+                                embeds.scalar_type()).to(embeds.device());
+  std::vector<CosSin> ropes(plan.positions.size());
+  std::vector<bool> used(plan.positions.size(), false);
+  for (int64_t s : plan.layer_source) used[s] = true;
+  for (size_t s = 0; s < plan.positions.size(); ++s) {
+    if (!used[s]) continue;
+    at::Tensor pos = plan.positions[s].defined()
+                         ? plan.positions[s]
+                         : (at::arange(T, embeds.options().dtype(at::kLong)) + past).view({1, 1, -1}).expand({3, B, -1});
+    if (pos.dim() == 2) pos = pos.unsqueeze(0).expand({3, pos.size(0), -1});
+    const std::string rpath = w.path() + ".rotary_emb" + (plan.names[s].empty() ? "" : "." + plan.names[s]);
+    ropes[s] = rotary(pos, embeds.scalar_type(), c, rec, rpath);
+  }
   at::Tensor h = embeds;
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) h = decoder_layer(w.at("layers").at(i), h, mask, rope, c, rec, cache, i);
-  h = rms_norm(w.at("norm"), h, c.rms_norm_eps, rec);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    h = decoder_layer(w.at("layers").at(i), h, mask, ropes[plan.layer_source[i]], c, rec, cache, i);
+  h = rms_norm(w.at("norm"), h, c.rms_norm_eps, rec, c.fused);
   rs.done(Value::dict({{"last_hidden_state", Value::of(h)}}));
   return h;
 }
@@ -163,7 +198,7 @@ RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& types, c
                          const at::Tensor& video_grid_thw, const at::Tensor& second_per_grid_ts,
                          const at::Tensor& attention_mask, const ModelConfig& c) {
   const int64_t B = input_ids.size(0), T = input_ids.size(1), m = c.vision.spatial_merge_size;
-  at::Tensor position_ids = at::zeros({3, B, T}, input_ids.options().dtype(at::kLong));
+  at::Tensor position_ids = at::zeros({3, B, T}, at::kLong);  // built on the host (data_ptr walks below)
   auto rows = [](const at::Tensor& g) {
     std::vector<std::array<int64_t, 3>> out;
     if (!g.defined()) return out;
@@ -174,9 +209,9 @@ RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& types, c
   auto images = rows(image_grid_thw), videos = rows(video_grid_thw);
   size_t next_image = 0, next_video = 0, next_spg = 0;
   std::vector<int64_t> deltas;
-  at::Tensor ids_all = input_ids.to(at::kLong).contiguous(), types_all = types.to(at::kLong).contiguous();
+  at::Tensor ids_all = input_ids.to(at::kCPU).to(at::kLong).contiguous(), types_all = types.to(at::kCPU).to(at::kLong).contiguous();
   for (int64_t b = 0; b < B; ++b) {
-    at::Tensor keep = attention_mask.defined() ? attention_mask[b].to(at::kBool) : at::ones({T}, at::kBool);
+    at::Tensor keep = attention_mask.defined() ? attention_mask[b].to(at::kCPU).to(at::kBool) : at::ones({T}, at::kBool);
     at::Tensor ty = types_all[b].masked_select(keep).contiguous();
     const int64_t n = ty.numel();
     const int64_t* tp = ty.data_ptr<int64_t>();
@@ -225,7 +260,7 @@ RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& types, c
     }
     deltas.push_back(llm.max().item<int64_t>() + 1 - n);
   }
-  return {position_ids, at::tensor(deltas, at::kLong).unsqueeze(1)};
+  return {position_ids.to(input_ids.device()), at::tensor(deltas, at::kLong).unsqueeze(1).to(input_ids.device())};
 }
 
 at::Tensor embed_inputs(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec) {
@@ -239,7 +274,7 @@ at::Tensor embed_inputs(const Weights& w, const Inputs& in, const ModelConfig& c
   auto merge = [&](const at::Tensor& pv, const at::Tensor& grid, int64_t token_id, const char* what) {
     if (!pv.defined()) return;
     const at::Tensor& proj = w.tensor("visual.patch_embed.proj.weight");
-    auto tower = vision::transformer(w.at("visual"), pv.to(proj.scalar_type()), grid, c.vision, rec);
+    auto tower = vision::transformer(w.at("visual"), pv.to(proj.scalar_type()), grid, c.vision, rec, c.vision_rope.get());
     at::Tensor feats = tower.pooler_output.to(embeds.scalar_type());
     at::Tensor mask = in.input_ids.eq(token_id).unsqueeze(-1);  // [B, T, 1]
     const int64_t n_tokens = mask.sum().item<int64_t>();
@@ -263,7 +298,8 @@ ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Re
   // compute_3d_position_ids: get_rope_index when input_ids, mm_token_type_ids and a grid are present
   ModelOutput out;
   at::Tensor position_ids;
-  if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
+  if (c.text_rope.kind == rope::TextRope::Kind::MRope && in.mm_token_type_ids.defined() &&
+      (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
     RecordScope ri(rec, w.path().empty() ? "get_rope_index" : w.path() + ".get_rope_index", "get_rope_index",
                    [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); }, "{\"kind\": \"function\"}");
     RopeIndex idx = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
@@ -272,7 +308,14 @@ ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Re
     position_ids = idx.position_ids;
     out.rope_deltas = idx.deltas;
   }
-  out.last_hidden_state = text::text_model(lm, embeds, in.attention_mask, position_ids, c.text, rec);
+  if (c.text_rope.kind != rope::TextRope::Kind::MRope) {
+    // A Circle-RoPE / AGE plan (qvl plug-in, not an HF path): per-layer positions.
+    PlannedRope pr = plan_rope(in, in.attention_mask, c, rec, w.path());
+    out.rope_deltas = pr.rope_deltas;
+    out.last_hidden_state = text::text_model(lm, embeds, in.attention_mask, pr.plan, c.text, rec);
+  } else {
+    out.last_hidden_state = text::text_model(lm, embeds, in.attention_mask, position_ids, c.text, rec);
+  }
   rs.done(Value::dict({{"last_hidden_state", Value::of(out.last_hidden_state)},
                        {"rope_deltas", out.rope_deltas.defined() ? Value::of(out.rope_deltas) : Value::none()}}));
   return out;
@@ -289,6 +332,59 @@ LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c,
   ls.done(Value::of(out.logits));
   rs.done(Value::dict({{"logits", Value::of(out.logits)},
                        {"rope_deltas", out.rope_deltas.defined() ? Value::of(out.rope_deltas) : Value::none()}}));
+  return out;
+}
+
+PlannedRope plan_rope(const Inputs& in, const at::Tensor& attention_mask, const ModelConfig& c, Recorder* rec,
+                      const std::string& path) {
+  const rope::TextRope& tr = c.text_rope;
+  const int64_t B = in.input_ids.size(0), T = in.input_ids.size(1), L = c.text.num_hidden_layers;
+  const std::string prefix = path.empty() ? "" : path + ".";
+  PlannedRope out;
+  if (tr.kind == rope::TextRope::Kind::MRope) throw std::runtime_error("model::plan_rope: the stock model has no plan");
+  rope::circle::TokenIds ids{c.vision_start_token_id, c.image_token_id, c.video_token_id, c.vision.spatial_merge_size,
+                             static_cast<double>(c.vision.tokens_per_second)};
+  // Circle-RoPE positions: the official walker (rope::circle::get_rope_index)
+  RecordScope rc(rec, prefix + "circle_rope_index", "circle_rope_index",
+                 [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); }, "{\"kind\": \"function\"}");
+  rope::circle::RopeIndex circle = rope::circle::get_rope_index(in.input_ids, in.image_grid_thw, in.video_grid_thw,
+                                                                in.second_per_grid_ts, attention_mask, ids, tr.circle, false);
+  rc.done(Value::tuple({Value::of(circle.position_ids), Value::of(circle.deltas)}));
+  // the position a successor is one past: max + 1 - L + T - 1 = delta + T - 1 on every row
+  at::Tensor circle_last = (circle.deltas.to(at::kFloat) + (T - 1)).view({1, B, 1}).expand({3, B, 1}).contiguous();
+  const bool age = !tr.age_strategy.empty() && tr.age_strategy != "all";
+  if (!age) {
+    out.plan = {{circle.position_ids}, {"circle"}, std::vector<int64_t>(L, 0)};
+    out.rope_deltas = circle.deltas;
+    out.last = {circle_last};
+    return out;
+  }
+  // The M-RoPE layers: the model's stock get_rope_index (equal to the official use_m_index walker for
+  // images); without mm_token_type_ids, the official use_m_index walker itself.
+  at::Tensor mpos, mdelta;
+  const bool grids = in.image_grid_thw.defined() || in.video_grid_thw.defined();
+  if (grids && in.mm_token_type_ids.defined()) {
+    RecordScope ri(rec, prefix + "get_rope_index", "get_rope_index",
+                   [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); }, "{\"kind\": \"function\"}");
+    RopeIndex idx = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
+                                   in.second_per_grid_ts, attention_mask, c);
+    ri.done(Value::tuple({Value::of(idx.position_ids), Value::of(idx.deltas)}));
+    mpos = idx.position_ids;
+    mdelta = idx.deltas;
+  } else {
+    auto m = rope::circle::get_rope_index(in.input_ids, in.image_grid_thw, in.video_grid_thw, in.second_per_grid_ts,
+                                          attention_mask, ids, tr.circle, true);
+    mpos = m.position_ids;
+    mdelta = m.deltas;
+  }
+  std::vector<bool> layers = rope::circle::age_layers(tr.age_strategy, L);
+  out.plan.positions = {mpos, circle.position_ids};
+  out.plan.names = {"", "circle"};
+  for (bool is_circle : layers) out.plan.layer_source.push_back(is_circle ? 1 : 0);
+  out.rope_deltas = layers[0] ? circle.deltas : mdelta;
+  // M-RoPE source: the last token's own position (transformers 5.x generate: previous + 1)
+  at::Tensor m_last = mpos.slice(2, T - 1).to(at::kFloat);
+  out.last = {tr.parity_decode ? circle_last : m_last, circle_last};
   return out;
 }
 
@@ -309,7 +405,9 @@ DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c)
   // _prepare_position_ids_for_generation: get_rope_index with vision inputs, else the attention-mask
   // positions (cumsum - 1, 0 at padding) on all three rows.
   at::Tensor pos;
-  if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
+  if (c.text_rope.kind != rope::TextRope::Kind::MRope) {
+    // positions come from plan_rope below
+  } else if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
     pos = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
                          in.second_per_grid_ts, s.attention_mask, c).position_ids;
   } else {
@@ -317,6 +415,15 @@ DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c)
     pos = p.unsqueeze(0).expand({3, B, T}).contiguous();
   }
   at::Tensor embeds = embed_inputs(w, in, c);
+  if (c.text_rope.kind != rope::TextRope::Kind::MRope) {
+    PlannedRope pr = plan_rope(in, s.attention_mask, c);
+    at::Tensor h = text::text_model(lm, embeds, s.attention_mask, pr.plan, c.text, nullptr, &s.cache);
+    s.plan = pr.plan;
+    s.plan.positions = pr.last;
+    s.positions = pr.last[pr.plan.layer_source[0]];
+    s.logits = last_logits(root, h, c);
+    return s;
+  }
   at::Tensor h = text::text_model(lm, embeds, s.attention_mask, pos, c.text, nullptr, &s.cache);
   s.positions = pos.slice(2, pos.size(2) - 1);
   s.logits = last_logits(root, h, c);
@@ -329,9 +436,18 @@ void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, 
   const int64_t B = tokens.size(0);
   // _update_model_kwargs_for_generation: the mask grows by one; positions are the last ones + 1 (all rows)
   s.attention_mask = at::cat({s.attention_mask, at::ones({B, 1}, at::kLong)}, -1);
-  s.positions = positions.defined() ? positions : s.positions + 1;
   at::Tensor e = at::embedding(lm.tensor("embed_tokens.weight"), tokens.unsqueeze(1));  // [B, 1, D]
-  at::Tensor h = text::text_model(lm, e, s.attention_mask, s.positions, c.text, nullptr, &s.cache);
+  at::Tensor h;
+  if (!s.plan.positions.empty()) {
+    // rope plan: every source advances by one (its own delta, or the Circle delta under parity_decode)
+    for (auto& p : s.plan.positions) p = p + 1;
+    if (positions.defined()) s.plan.positions[s.plan.layer_source[0]] = positions;
+    s.positions = s.plan.positions[s.plan.layer_source[0]];
+    h = text::text_model(lm, e, s.attention_mask, s.plan, c.text, nullptr, &s.cache);
+  } else {
+    s.positions = positions.defined() ? positions : s.positions + 1;
+    h = text::text_model(lm, e, s.attention_mask, s.positions, c.text, nullptr, &s.cache);
+  }
   s.logits = last_logits(root, h, c);
 }
 

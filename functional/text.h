@@ -31,8 +31,11 @@ CosSin rotary(const at::Tensor& position_ids, at::ScalarType dtype, const TextCo
 
 // Mirrors apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1).
 //   q [B, H, T, Dh], k [B, Hkv, T, Dh], cos/sin [B, T, Dh]; no dtype change (no float32 upcast here).
+// fused (CUDA tensors): cuda::rope_apply computes in float32 and rounds once, so in bf16 it differs from
+// HF's op-by-op bf16 rounding (it is closer to the float32 result); in float32 it is bit-identical.
 std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb(const at::Tensor& q, const at::Tensor& k,
-                                                       const at::Tensor& cos, const at::Tensor& sin);
+                                                       const at::Tensor& cos, const at::Tensor& sin,
+                                                       bool fused = false);
 
 // The eager attention mask of create_causal_mask: [B, 1, Tq, Tk] in `dtype`, 0 where query i (at absolute
 // position past + i) may attend key j (j <= past + i and attention_mask[b, j] == 1), finfo(dtype).min
@@ -67,6 +70,21 @@ at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor
 at::Tensor text_model(const Weights& w, const at::Tensor& inputs_embeds, const at::Tensor& attention_mask,
                       const at::Tensor& position_ids, const TextConfig& c, Recorder* rec = nullptr,
                       KVCache* cache = nullptr);
+
+// A per-layer rope plan (DESIGN.md §2): several candidate position tensors and, per layer, which one it
+// uses -- e.g. Circle-RoPE on some layers and M-RoPE on others (AGE). cos/sin are computed once per source.
+//   positions[s]   [3, B, T] int64 or float32 (undefined: arange(T) + past on all rows)
+//   names[s]       recorder name: "" records the source's rotary at <path>.rotary_emb (the stock call),
+//                  otherwise at <path>.rotary_emb.<name>
+//   layer_source   [num_hidden_layers] indices into positions
+struct RopePlan {
+  std::vector<at::Tensor> positions;
+  std::vector<std::string> names;
+  std::vector<int64_t> layer_source;
+};
+// text_model with a rope plan; text_model(..., position_ids, ...) is the one-source plan.
+at::Tensor text_model(const Weights& w, const at::Tensor& inputs_embeds, const at::Tensor& attention_mask,
+                      const RopePlan& plan, const TextConfig& c, Recorder* rec = nullptr, KVCache* cache = nullptr);
 
 }  // namespace qvl::text
 
@@ -132,11 +150,27 @@ struct DecodeState {
   at::Tensor attention_mask;  // [B, past + T] int64
   at::Tensor positions;       // [3, B, 1]: the M-RoPE position of the last token on each row
   at::Tensor logits;          // [B, V] float32 logits of the last position
+  // With a Circle/AGE rope plan (ModelConfig::text_rope): the last position per source and the layer map;
+  // each step advances every source by one. Empty for the stock model.
+  text::RopePlan plan;
 };
 DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c);
 // Appends `tokens` [B] at `positions` [3, B, 1] (undefined: the previous positions + 1, as generate does).
 void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, const ModelConfig& c,
                  const at::Tensor& positions = {});
+
+// The text model's rope plan for a prompt, from ModelConfig::text_rope (functional/rope/rope_config.h):
+// stock M-RoPE (one source, transformers' get_rope_index), or Circle-RoPE positions (rope::circle::
+// get_rope_index) on the layers its AGE strategy marks and stock M-RoPE on the rest. `last` gets, per
+// source, the position [3, B, 1] that the last prompt token's successor will be one past (see TextRope for
+// the decode policy). attention_mask [B, T] or undefined.
+struct PlannedRope {
+  text::RopePlan plan;
+  at::Tensor rope_deltas;         // of the source layer 0 uses (what HF would cache), undefined if none
+  std::vector<at::Tensor> last;   // per source [3, B, 1]
+};
+PlannedRope plan_rope(const Inputs& in, const at::Tensor& attention_mask, const ModelConfig& c, Recorder* rec = nullptr,
+                      const std::string& path = "");
 
 struct GenerateOptions {
   int64_t max_new_tokens = 16;

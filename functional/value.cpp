@@ -34,6 +34,8 @@ std::string dtype_name(at::ScalarType t) {
     case at::kChar: return "int8";
     case at::kByte: return "uint8";
     case at::kBool: return "bool";
+    case at::kFloat8_e4m3fn: return "float8_e4m3fn";
+    case at::kFloat8_e5m2: return "float8_e5m2";
     default: return std::string("unsupported(") + c10::toString(t) + ")";
   }
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "functional/cuda/fused.h"
 #include "functional/mlp.h"
 #include "functional/norm.h"
 
@@ -40,7 +41,7 @@ at::Tensor patch_merger(const Weights& w, const at::Tensor& x, const VisionConfi
   }
   RecordScope rs(rec, w.path(), "Qwen2_5_VLPatchMerger", [&] { return Value::dict({{"arg0", Value::of(x)}}); });
   // x = self.mlp(self.ln_q(x).view(-1, self.hidden_size))
-  at::Tensor h = rms_norm(w.at("ln_q"), x, c.rms_norm_eps, rec).view({-1, Dm});  // [S/4, 4*C_v]
+  at::Tensor h = rms_norm(w.at("ln_q"), x, c.rms_norm_eps, rec, c.fused).view({-1, Dm});  // [S/4, 4*C_v]
   h = linear(w.at("mlp.0"), h, /*bias=*/true, Dm, Dm);                            // [S/4, 4*C_v]
   h = at::gelu(h);                                                                // nn.GELU(), exact erf
   at::Tensor out = linear(w.at("mlp.2"), h, /*bias=*/true, c.out_hidden_size, Dm);  // [S/4, out_D]
@@ -62,6 +63,15 @@ std::vector<std::array<int64_t, 3>> grids(const at::Tensor& grid_thw, const char
   for (int64_t i = 0; i < g.size(0); ++i) out.push_back({p[3 * i], p[3 * i + 1], p[3 * i + 2]});
   return out;
 }
+// A JSON string literal (for recorder settings).
+std::string json_quote(const std::string& v) {
+  std::string out = "\"";
+  for (char ch : v) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    if (static_cast<unsigned char>(ch) >= 0x20) out += ch;
+  }
+  return out + "\"";
+}
 std::string grid_str(const std::array<int64_t, 3>& g) {
   return "(" + std::to_string(g[0]) + ", " + std::to_string(g[1]) + ", " + std::to_string(g[2]) + ")";
 }
@@ -82,7 +92,7 @@ at::Tensor position_ids(const at::Tensor& grid_thw, int64_t m) {
     // torch.stack([hpos_ids, wpos_ids], dim=-1).repeat(t, 1)
     parts.push_back(at::stack({hpos, wpos}, -1).repeat({t, 1}));  // [t*h*w, 2]
   }
-  return at::cat(parts, 0);
+  return at::cat(parts, 0).to(grid_thw.device());  // built on the host, returned where grid_thw lives
 }
 
 at::Tensor cu_seqlens(const at::Tensor& grid_thw) {
@@ -115,9 +125,9 @@ WindowIndex window_index(const at::Tensor& grid_thw, int64_t m, int64_t window_s
     base += t * lh * lw;
   }
   WindowIndex out;
-  out.window_index = at::cat(index_parts, 0);
+  out.window_index = at::cat(index_parts, 0).to(grid_thw.device());
   at::Tensor cu_t = at::tensor(cu, at::kLong).to(at::kInt);
-  out.cu_window_seqlens = std::get<0>(at::unique_consecutive(cu_t));
+  out.cu_window_seqlens = std::get<0>(at::unique_consecutive(cu_t)).to(grid_thw.device());
   return out;
 }
 
@@ -127,7 +137,7 @@ CosSin rotary(const at::Tensor& pos, const VisionConfig& c, Recorder* rec, const
     return Value::dict({{"arg1", Value::of(pos)}});
   });
   const int64_t spatial_dim = c.head_dim() / 2;
-  at::Tensor inv_freq = rope_inv_freq(c.rope_theta, spatial_dim);
+  at::Tensor inv_freq = rope_inv_freq(c.rope_theta, spatial_dim).to(pos.device());
   // freqs = position_ids[..., None].float() * inv_freq.float()          [S, 2, Dh/4]
   at::Tensor freqs = pos.unsqueeze(-1).to(at::kFloat) * inv_freq;
   // recomposition_frequencies: cat([f_h, f_w], -1) then cat([hw, hw], -1)   [S, Dh]
@@ -141,10 +151,17 @@ CosSin rotary(const at::Tensor& pos, const VisionConfig& c, Recorder* rec, const
 }
 
 std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb_vision(const at::Tensor& q, const at::Tensor& k,
-                                                              const at::Tensor& cos, const at::Tensor& sin) {
+                                                              const at::Tensor& cos, const at::Tensor& sin, bool fused) {
+  if (fused && q.is_cuda() && cos.dim() == 2) {
+    // the same float32 maths in one kernel for q and k, bit-identical (cuda::rope_apply; shared [S, Dh] tables)
+    auto [qe, ke] = cuda::rope_apply(q.unsqueeze(0), k.unsqueeze(0), cuda::rope_tables(cos, sin));
+    return {qe.squeeze(0), ke.squeeze(0)};
+  }
   // q, k = q.float(), k.float(); cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
   at::Tensor qf = q.to(at::kFloat), kf = k.to(at::kFloat);
-  at::Tensor c = cos.unsqueeze(-2).to(at::kFloat), s = sin.unsqueeze(-2).to(at::kFloat);
+  // (a per-head table [S, H, Dh] from a plugged rope is used as is)
+  const bool per_head = cos.dim() == q.dim();
+  at::Tensor c = (per_head ? cos : cos.unsqueeze(-2)).to(at::kFloat), s = (per_head ? sin : sin.unsqueeze(-2)).to(at::kFloat);
   // q_embed = (q * cos) + (rotate_half(q) * sin), cast back to the input dtypes
   at::Tensor qe = (qf * c) + (rotate_half(qf) * s);
   at::Tensor ke = (kf * c) + (rotate_half(kf) * s);
@@ -171,13 +188,22 @@ at::Tensor attention(const Weights& w, const at::Tensor& x, const at::Tensor& cu
     return Value::dict({{"arg0", Value::of(q)}, {"arg1", Value::of(k)}, {"arg2", Value::of(rope.cos)},
                         {"arg3", Value::of(rope.sin)}});
   }, "{\"kind\": \"function\"}");
-  auto [qr, kr] = apply_rotary_pos_emb_vision(q, k, rope.cos, rope.sin);
+  auto [qr, kr] = apply_rotary_pos_emb_vision(q, k, rope.cos, rope.sin, c.fused);
   rot.done(Value::tuple({Value::of(qr), Value::of(kr)}));
+  const double scaling = std::pow(static_cast<double>(Dh), -0.5);
+  if (c.fused && x.is_cuda()) {
+    // every segment in one varlen flash / memory-efficient call (undefined: not supported, loop below)
+    at::Tensor o = cuda::varlen_attention(qr, kr, v, cu, scaling);  // [S, H, Dh]
+    if (o.defined()) {
+      at::Tensor out = linear(w.at("proj"), o.reshape({S, -1}), /*bias=*/true, C, C);
+      rs.done(Value::of(out));
+      return out;
+    }
+  }
   // .transpose(0, 1).unsqueeze(0)                                             [1, H, S, Dh]
   q = qr.transpose(0, 1).unsqueeze(0);
   k = kr.transpose(0, 1).unsqueeze(0);
   v = v.transpose(0, 1).unsqueeze(0);
-  const double scaling = std::pow(static_cast<double>(Dh), -0.5);
   std::vector<at::Tensor> outs;
   for (int64_t i = 0; i + 1 < cu_l.numel(); ++i) {
     const int64_t a = cp[i], b = cp[i + 1];
@@ -200,15 +226,15 @@ at::Tensor block(const Weights& w, const at::Tensor& x, const at::Tensor& cu, co
                         {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
   }, settings_json);
   // hidden_states = hidden_states + self.attn(self.norm1(hidden_states), ...)
-  at::Tensor h = x + attention(w.at("attn"), rms_norm(w.at("norm1"), x, c.rms_norm_eps, rec), cu, rope, c, rec);
+  at::Tensor h = x + attention(w.at("attn"), rms_norm(w.at("norm1"), x, c.rms_norm_eps, rec, c.fused), cu, rope, c, rec);
   // hidden_states = hidden_states + self.mlp(self.norm2(hidden_states))
-  at::Tensor out = h + mlp(w.at("mlp"), rms_norm(w.at("norm2"), h, c.rms_norm_eps, rec), c, rec);
+  at::Tensor out = h + mlp(w.at("mlp"), rms_norm(w.at("norm2"), h, c.rms_norm_eps, rec, c.fused), c, rec);
   rs.done(Value::of(out));
   return out;
 }
 
 TowerOutput transformer(const Weights& w, const at::Tensor& pixel_values, const at::Tensor& grid_thw,
-                        const VisionConfig& c, Recorder* rec) {
+                        const VisionConfig& c, Recorder* rec, const rope::VisionRope* vrope) {
   const std::string base = w.path();
   auto fn_path = [&](const char* name) { return base.empty() ? std::string(name) : base + "." + name; };
   RecordScope rs(rec, base, "Qwen2_5_VisionTransformerPretrainedModel", [&] {
@@ -234,13 +260,38 @@ TowerOutput transformer(const Weights& w, const at::Tensor& pixel_values, const 
     throw std::runtime_error("vision::transformer: pixel_values has " + std::to_string(S) + " patches but grid_thw gives " + std::to_string(pos.size(0)));
   }
   // permute_input_for_window_attn: reshape(S/unit, unit, -1)[window_index].reshape(S, -1)
-  auto permute = [&](const at::Tensor& t) { return t.reshape({S / unit, unit, -1}).index_select(0, win.window_index).reshape({S, -1}); };
+  // (trailing dims kept, so a per-head table [S, H, Dh] is permuted the same way)
+  auto permute = [&](const at::Tensor& t) { return t.reshape({S / unit, unit, -1}).index_select(0, win.window_index).reshape(t.sizes()); };
   h = permute(h);
-  CosSin rope = rotary(pos, c, rec, fn_path("rotary_pos_emb"));
-  rope = {permute(rope.cos), permute(rope.sin)};
+  std::vector<CosSin> ropes;  // one table for every block, or one per block (per_layer builder)
+  if (!vrope) {
+    ropes.push_back(rotary(pos, c, rec, fn_path("rotary_pos_emb")));
+  } else {
+    const int64_t n_tables = vrope->per_layer ? c.depth : 1;
+    const int64_t Dh = c.head_dim();
+    for (int64_t i = 0; i < n_tables; ++i) {
+      RecordScope rr(i == 0 ? rec : nullptr, fn_path("rotary_pos_emb"), "Qwen2_5_VLVisionRotaryEmbedding",
+                     [&] { return Value::dict({{"arg1", Value::of(pos)}}); },
+                     [&] { return "{\"rope\": " + json_quote(vrope->name) + "}"; }, 0);
+      CosSin r = vrope->build(pos, grid_thw, i, c);
+      const bool shape_ok = r.cos.defined() && r.sin.defined() && r.cos.sizes() == r.sin.sizes() &&
+                            r.cos.size(0) == S && r.cos.size(-1) == Dh &&
+                            (r.cos.dim() == 2 || (r.cos.dim() == 3 && r.cos.size(1) == c.num_heads));
+      if (!shape_ok) {
+        throw std::runtime_error("vision::transformer: rope '" + vrope->name + "' built cos " +
+                                 (r.cos.defined() ? shape_str(r.cos.sizes()) : std::string("(undefined)")) +
+                                 ", expected [" + std::to_string(S) + ", " + std::to_string(Dh) + "] or [" +
+                                 std::to_string(S) + ", " + std::to_string(c.num_heads) + ", " + std::to_string(Dh) + "]");
+      }
+      rr.done(Value::tuple({Value::of(r.cos), Value::of(r.sin)}));
+      ropes.push_back(r);
+    }
+  }
+  for (CosSin& r : ropes) r = {permute(r.cos), permute(r.sin)};
   for (int64_t i = 0; i < c.depth; ++i) {
     const bool full = std::find(c.fullatt_block_indexes.begin(), c.fullatt_block_indexes.end(), i) != c.fullatt_block_indexes.end();
     const std::string settings = std::string("{\"attention\": \"") + (full ? "full" : "window") + "\", \"block_index\": " + std::to_string(i) + "}";
+    const CosSin& rope = ropes[ropes.size() == 1 ? 0 : i];
     h = block(w.at("blocks").at(i), h, full ? cu : win.cu_window_seqlens, rope, c, rec, settings);
   }
   // merged = self.merger(hidden_states)[torch.argsort(window_index), :]

@@ -5,6 +5,7 @@
 
 #include "functional/config.h"
 #include "functional/recorder.h"
+#include "functional/rope/vision_plug.h"
 #include "functional/rotary.h"
 #include "functional/weights.h"
 
@@ -67,11 +68,13 @@ using qvl::rotate_half;
 
 // Mirrors apply_rotary_pos_emb_vision(q, k, cos, sin).
 //   q, k      [S, H, Dh]  any float dtype
-//   cos, sin  [S, Dh]
+//   cos, sin  [S, Dh] (HF; unsqueezed to [S, 1, Dh]), or [S, H, Dh] per head (rope::mixed_vision_rope; used as is)
 //   out       (q', k') in the dtypes of q and k
 // Quirk: q, k, cos and sin are upcast to float32 for the rotation, then cast back.
+// fused: on CUDA tensors with [S, Dh] tables, one kernel does both (cuda::rope_apply, bit-identical).
 std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb_vision(const at::Tensor& q, const at::Tensor& k,
-                                                              const at::Tensor& cos, const at::Tensor& sin);
+                                                              const at::Tensor& cos, const at::Tensor& sin,
+                                                              bool fused = false);
 
 // --- attention, block, tower -----------------------------------------------------------------------------
 
@@ -82,6 +85,8 @@ std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb_vision(const at::Tensor& 
 //   out         [S, C_v]
 // Weights: qkv.{weight [3*C_v, C_v], bias [3*C_v]} (rows q | k | v, each head-contiguous), proj.{weight, bias}.
 // Quirk: HF's eager path loops over segments; softmax runs in float32 and is cast back to the q dtype.
+// c.fused on CUDA: the fused rotary, then every segment in one varlen flash (bf16/fp16) or memory-efficient
+// (fp32) call (cuda::varlen_attention); the loop runs when neither kernel takes the inputs.
 at::Tensor attention(const Weights& w, const at::Tensor& x, const at::Tensor& cu_seqlens, const CosSin& rope,
                      const VisionConfig& c, Recorder* rec = nullptr);
 
@@ -99,11 +104,15 @@ at::Tensor block(const Weights& w, const at::Tensor& x, const at::Tensor& cu_seq
 // Quirks: patches are permuted into window order in groups of m^2 before the blocks and merged tokens are
 // un-permuted (argsort of window_index) after the merger; blocks in fullatt_block_indexes use per-frame
 // cu_seqlens, the others the window boundaries.
+// `rope` (optional) replaces Qwen's rotary with a pluggable 2-D builder (functional/rope/vision_plug.h); its
+// tables are permuted into window order like HF's, and a per_layer builder gives block i the table of layer
+// i. nullptr = the stock Qwen2_5_VLVisionRotaryEmbedding (bit for bit the HF tower). With a recorder, the
+// builder's (first) table is recorded at <path>.rotary_pos_emb with settings {"rope": name}.
 struct TowerOutput {
   at::Tensor last_hidden_state;
   at::Tensor pooler_output;
 };
 TowerOutput transformer(const Weights& w, const at::Tensor& pixel_values, const at::Tensor& grid_thw,
-                        const VisionConfig& c, Recorder* rec = nullptr);
+                        const VisionConfig& c, Recorder* rec = nullptr, const rope::VisionRope* rope = nullptr);
 
 }  // namespace qvl::vision

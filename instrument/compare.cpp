@@ -37,7 +37,7 @@ size_t record_vision_chained(const Weights& root, const ModelConfig& cfg, const 
   const at::Tensor pixel_values = call.input("hidden_states", 0).as_tensor("pixel_values");
   const at::Tensor grid_thw = call.input("grid_thw", 1).as_tensor("grid_thw");
   RecordingWriter writer(out_path, chained_attrs(ref));
-  vision::transformer(root.at(call.header.module_path), pixel_values, grid_thw, cfg.vision, &writer);
+  vision::transformer(root.at(call.header.module_path), pixel_values, grid_thw, cfg.vision, &writer, cfg.vision_rope.get());
   writer.close();
   return writer.size();
 }

@@ -1,5 +1,6 @@
 #include "instrument/h5io.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -63,6 +64,8 @@ const std::vector<DtypeInfo>& dtypes() {
       {"int64", at::kLong, t_i64, n_i64},     {"int32", at::kInt, t_i32, n_i32},
       {"int16", at::kShort, t_i16, n_i16},    {"int8", at::kChar, t_i8, n_i8},
       {"uint8", at::kByte, t_u8, n_u8},       {"bool", at::kBool, t_u8, n_u8},
+      // FP8 checkpoints (safetensors F8_E4M3 / F8_E5M2): the bits as uint8, like bfloat16 as uint16.
+      {"float8_e4m3fn", at::kFloat8_e4m3fn, t_u8, n_u8}, {"float8_e5m2", at::kFloat8_e5m2, t_u8, n_u8},
   };
   return table;
 }
@@ -157,11 +160,22 @@ AtomicPath::~AtomicPath() {
   }
 }
 
-void AtomicPath::commit() {
+void AtomicPath::commit(bool durable) {
+  auto sync = [](const std::string& p, int flags) {
+    const int fd = ::open(p.c_str(), flags | O_CLOEXEC);
+    const bool ok = fd >= 0 && ::fsync(fd) == 0;
+    if (fd >= 0) ::close(fd);
+    if (!ok) throw Error("'" + p + "': fsync failed");
+  };
+  if (durable) sync(tmp_, O_RDONLY);
   std::error_code ec;
   fs::rename(tmp_, final_, ec);
   if (ec) throw Error("cannot rename '" + tmp_ + "' to '" + final_ + "': " + ec.message());
   done_ = true;
+  if (durable) {
+    const std::string dir = fs::path(final_).parent_path().string();
+    sync(dir.empty() ? "." : dir, O_RDONLY | O_DIRECTORY);
+  }
 }
 
 bool exists(hid_t loc, const std::string& name) {
@@ -269,7 +283,7 @@ void set_attr(hid_t obj, const std::string& name, int64_t value) {
 }
 
 // ------------------------------------------------------------------------------------------------------
-at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& where) {
+at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& where, bool dtype_from_attr) {
   hid_t ds_id = H5Dopen2(loc, name.c_str(), H5P_DEFAULT);
   if (ds_id < 0) throw Error(where + ": no dataset '" + name + "'");
   Handle ds(ds_id, H5Dclose);
@@ -278,7 +292,8 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& wh
   const size_t size = H5Tget_size(ft.id());
   const H5T_sign_t sign = cls == H5T_INTEGER ? H5Tget_sign(ft.id()) : H5T_SGN_NONE;
 
-  std::string dtype = has_attr(ds.id(), "dtype") ? attr_str(ds.id(), "dtype", where) : infer_dtype(cls, size, sign);
+  std::string dtype = dtype_from_attr && has_attr(ds.id(), "dtype") ? attr_str(ds.id(), "dtype", where)
+                                                                    : infer_dtype(cls, size, sign);
   const DtypeInfo* info = find_dtype(dtype);
   if (!info) {
     throw Error(where + ": unknown dtype '" + (dtype.empty() ? class_name(cls) + std::to_string(size * 8) : dtype) +
@@ -507,10 +522,46 @@ void WeightsWriter::add(const std::string& dotted, const at::Tensor& t) {
   write_tensor(cur, parts.back(), t, gzip_);
 }
 
-void WeightsWriter::commit() {
+uint64_t WeightsWriter::reserve(const std::string& dotted, at::ScalarType dtype, at::IntArrayRef shape) {
+  if (gzip_ > 0) throw Error("'" + file_.path + "': reserve() writes raw bytes, which gzip cannot take");
+  const DtypeInfo* info = find_dtype(dtype_name(dtype));
+  if (!info) throw Error("reserve '" + dotted + "': unsupported dtype " + dtype_name(dtype));
+  auto parts = split_dotted(dotted);
+  std::vector<Handle> groups;
+  hid_t cur = file_.id();
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    groups.push_back(exists(cur, parts[i]) ? open_group(cur, parts[i], file_.path) : make_group(cur, parts[i]));
+    cur = groups.back().id();
+  }
+  if (exists(cur, parts.back())) throw Error("'" + file_.path + "': tensor '" + dotted + "' written twice");
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  bool empty = false;
+  for (hsize_t d : dims) empty |= d == 0;
+  Handle space(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+               H5Sclose);
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  check(H5Pset_layout(dcpl.id(), H5D_CONTIGUOUS), "set layout");
+  check(H5Pset_alloc_time(dcpl.id(), H5D_ALLOC_TIME_EARLY), "set alloc time");
+  check(H5Pset_fill_time(dcpl.id(), H5D_FILL_TIME_NEVER), "set fill time");
+  Handle ds(check_id(H5Dcreate2(cur, parts.back().c_str(), info->file_type(), space.id(), H5P_DEFAULT, dcpl.id(), H5P_DEFAULT),
+                     "cannot create dataset '" + dotted + "'"),
+            H5Dclose);
+  set_attr(ds.id(), "kind", std::string("tensor"));
+  set_attr(ds.id(), "dtype", std::string(info->name));
+  if (empty) return 0;
+  const haddr_t at = H5Dget_offset(ds.id());
+  if (at == HADDR_UNDEF) throw Error("'" + file_.path + "': no file space allocated for '" + dotted + "'");
+  return static_cast<uint64_t>(at);
+}
+
+void WeightsWriter::set_root_attr(const std::string& name, const std::string& value) {
+  h5::set_attr(file_.id(), name, value);
+}
+
+void WeightsWriter::commit(bool durable) {
   check(H5Fflush(file_.id(), H5F_SCOPE_GLOBAL), "'" + out_.tmp() + "': flush failed");
   file_.h.reset();
-  out_.commit();
+  out_.commit(durable);
 }
 
 void write_weights(const std::string& path, const Weights& w, const std::map<std::string, std::string>& attrs,

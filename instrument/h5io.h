@@ -58,7 +58,8 @@ class AtomicPath {
   explicit AtomicPath(std::string final_path);
   ~AtomicPath();
   const std::string& tmp() const { return tmp_; }
-  void commit();
+  // Renames the temporary into place; `durable` fsyncs the file first and its directory after.
+  void commit(bool durable = false);
 
  private:
   std::string final_, tmp_;
@@ -78,7 +79,9 @@ void set_attr(hid_t obj, const std::string& name, const std::string& value);
 void set_attr(hid_t obj, const std::string& name, int64_t value);
 
 // Tensors. `where` is "file:/path/to/object" for messages.
-at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& where);
+// The dataset's `dtype` attribute names the torch dtype (bf16 is stored as uint16 bits); with
+// dtype_from_attr = false it is ignored and the dtype follows the stored HDF5 type.
+at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& where, bool dtype_from_attr = true);
 void write_tensor(hid_t loc, const std::string& name, const at::Tensor& t, int gzip_level = 4);
 
 // Nested values (DESIGN.md §3: groups with attr kind = none/str/tuple/list/dict/object; datasets with
@@ -102,7 +105,14 @@ class WeightsWriter {
  public:
   WeightsWriter(const std::string& path, const std::map<std::string, std::string>& attrs, int gzip_level = 0);
   void add(const std::string& dotted, const at::Tensor& t);
-  void commit();
+  // For streaming copies that never hold a tensor in memory (the converter): creates the dataset
+  // contiguous and unfiltered, its space allocated now and never filled by HDF5, and returns the byte offset
+  // in tmp_path() where the caller writes its raw little-endian bytes (numel x itemsize of them).
+  // Not with gzip. Zero-size tensors return 0 (nothing to write).
+  uint64_t reserve(const std::string& dotted, at::ScalarType dtype, at::IntArrayRef shape);
+  const std::string& tmp_path() const { return out_.tmp(); }
+  void set_root_attr(const std::string& name, const std::string& value);  // any time before commit()
+  void commit(bool durable = false);
 
  private:
   AtomicPath out_;

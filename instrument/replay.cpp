@@ -79,7 +79,8 @@ model::Inputs recorded_model_inputs(const Recording& rec) {
 Registry Registry::defaults() {
   Registry r;
   r.set("Qwen2_5_VLRMSNorm", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
-    return Value::of(rms_norm(w, c.input("hidden_states", 0).as_tensor("hidden_states"), norm_eps(c, cfg)));
+    const bool fused = is_vision_path(c.header.module_path) ? cfg.vision.fused : cfg.text.fused;
+    return Value::of(rms_norm(w, c.input("hidden_states", 0).as_tensor("hidden_states"), norm_eps(c, cfg), nullptr, fused));
   });
   r.set("Qwen2_5_VLMLP", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     return Value::of(vision::mlp(w, c.input("hidden_state", 0).as_tensor("hidden_state"), cfg.vision));
@@ -115,9 +116,10 @@ Registry Registry::defaults() {
     auto cs = vision::rotary(c.input("position_ids", 1).as_tensor(), cfg.vision);
     return Value::tuple({Value::of(cs.cos), Value::of(cs.sin)});
   });
-  r.set("apply_rotary_pos_emb_vision", [](const RecordedCall& c, const Weights&, const ModelConfig&) {
+  r.set("apply_rotary_pos_emb_vision", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
     auto [q, k] = vision::apply_rotary_pos_emb_vision(c.input("q", 0).as_tensor(), c.input("k", 1).as_tensor(),
-                                                      c.input("cos", 2).as_tensor(), c.input("sin", 3).as_tensor());
+                                                      c.input("cos", 2).as_tensor(), c.input("sin", 3).as_tensor(),
+                                                      cfg.vision.fused);
     return Value::tuple({Value::of(q), Value::of(k)});
   });
   r.set("Qwen2_5_VLVisionAttention", [cos_sin](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
@@ -142,9 +144,10 @@ Registry Registry::defaults() {
     auto cs = text::rotary(c.input("position_ids", 1).as_tensor(), c.input("x", 0).as_tensor().scalar_type(), cfg.text);
     return Value::tuple({Value::of(cs.cos), Value::of(cs.sin)});
   });
-  r.set("apply_rotary_pos_emb", [](const RecordedCall& c, const Weights&, const ModelConfig&) {
+  r.set("apply_rotary_pos_emb", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
     auto [q, k] = text::apply_rotary_pos_emb(c.input("q", 0).as_tensor(), c.input("k", 1).as_tensor(),
-                                             c.input("cos", 2).as_tensor(), c.input("sin", 3).as_tensor());
+                                             c.input("cos", 2).as_tensor(), c.input("sin", 3).as_tensor(),
+                                             cfg.text.fused);
     return Value::tuple({Value::of(q), Value::of(k)});
   });
   r.set("Qwen2_5_VLAttention", [cos_sin, opt](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
@@ -267,8 +270,24 @@ Weights cast_floating(const Weights& w, at::ScalarType dtype) {
   return out;
 }
 
+Weights to_device(const Weights& w, const at::Device& device) {
+  Weights out;
+  for (const auto& [k, t] : w.flatten()) out.set(k, t.to(device));
+  return out;
+}
+
+namespace {
+// The same nested value with every tensor leaf moved to `device`.
+Value on_device(const Value& v, const at::Device& device) {
+  Value out = v;
+  if (out.kind == Value::Kind::Tensor && out.tensor.defined()) out.tensor = out.tensor.to(device);
+  for (Value& item : out.items) item = on_device(item, device);
+  return out;
+}
+}  // namespace
+
 CallResult replay_call(const Recording& rec, size_t index, const Weights& root, const ModelConfig& cfg,
-                       const Registry& reg) {
+                       const Registry& reg, const at::Device& device) {
   CallResult r;
   r.header = rec.calls().at(index);
   const ReplayFn* fn = reg.find(r.header.module_class);
@@ -278,9 +297,11 @@ CallResult replay_call(const Recording& rec, size_t index, const Weights& root, 
   }
   try {
     RecordedCall call = rec.load(index);
+    if (device.type() != at::kCPU) call.inputs = on_device(call.inputs, device);
     const bool is_function = nlohmann::json::parse(call.header.settings, nullptr, false).value("kind", "") == "function";
     Weights w = is_function ? Weights() : call.header.module_path.empty() ? root : root.at_or_empty(call.header.module_path);
     Value ours = as_outputs((*fn)(call, w, cfg));
+    if (device.type() != at::kCPU) ours = on_device(ours, at::Device(at::kCPU));
     r.tensors = judge_outputs(ours, call.outputs, call.outputs_fp32, rec.attr("dtype"), r.header.module_class);
     r.status = CallResult::Status::Pass;
     for (const auto& tc : r.tensors) {

@@ -82,7 +82,13 @@ model::Inputs recorded_model_inputs(const Recording& rec);
 // a checkpoint, so a bf16 recording is replayed with the same bf16 weights HF used.
 Weights cast_floating(const Weights& w, at::ScalarType dtype);
 
+// A copy of the tree with every tensor on `device` (for a replay on a GPU).
+Weights to_device(const Weights& w, const at::Device& device);
+
+// `device`: where the call runs. Its recorded inputs are moved there (`root` must already be there: see
+// to_device) and its outputs come back to the host to be judged. With cfg.vision.fused / cfg.text.fused
+// the fused CUDA paths run (qvl check --device cuda).
 CallResult replay_call(const Recording& rec, size_t index, const Weights& root, const ModelConfig& cfg,
-                       const Registry& reg);
+                       const Registry& reg, const at::Device& device = at::Device(at::kCPU));
 
 }  // namespace qvl

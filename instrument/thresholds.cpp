@@ -43,6 +43,17 @@ Judgement judge_exact(const Metrics& m) {
   return {true, ""};
 }
 
+Judgement judge_positions(const Metrics& m) {
+  // Issue 6: "positions exact, or within 1e-6 where they are float" -- the rule for every golden position
+  // output of ../shared/golden (rope_check). Integer positions: exact.
+  if (!m.shape_ok) return {false, m.shape_msg};
+  if (m.integer) return judge_exact(m);
+  if (m.mismatches) return {false, std::to_string(m.mismatches) + " elements finite on one side only"};
+  if (!(m.max_abs <= kFloatPositionTol))
+    return {false, fmt("max_abs %.3g > %.3g; ", m.max_abs, kFloatPositionTol) + format_worst(m)};
+  return {true, ""};
+}
+
 Judgement judge_fp32(const Metrics& m, const Threshold& t) {
   if (!m.shape_ok) return {false, m.shape_msg};
   if (m.integer) return judge_exact(m);

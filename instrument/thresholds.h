@@ -33,6 +33,10 @@ struct Judgement {
 
 // Integer and bool tensors: exact.
 Judgement judge_exact(const Metrics& m);
+// Float-valued positions (Circle-RoPE position ids and deltas, from the official code's float32 maths):
+// |ours - ref| <= kFloatPositionTol everywhere (integer positions go through judge_exact).
+constexpr double kFloatPositionTol = 1e-6;
+Judgement judge_positions(const Metrics& m);
 // A float32 recording: ours vs transformers' output.
 Judgement judge_fp32(const Metrics& m, const Threshold& t);
 // A bfloat16 recording: ours and HF's bf16 outputs, each against HF's float32 module on the same inputs.

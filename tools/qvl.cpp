@@ -1,9 +1,13 @@
 // qvl — the command-line tool.
 //   qvl check   [WEIGHTS] [RECORDING]   replay every recorded call that has a function; one row per call
-//   qvl convert HF_DIR OUT.h5           Hugging Face checkpoint -> nested qvl.weights HDF5
-//   qvl inspect FILE                    list a weights file, a recording or a safetensors file
+//                                       (--device cuda: on the GPU, with the fused kernels)
+//   qvl convert HF_DIR OUT.h5           Hugging Face checkpoint -> nested qvl.weights HDF5 (--dtype, --gzip)
+//   qvl convert --to-safetensors IN.h5 OUT_DIR   and back (sharded, index.json, hub key layout)
+//   qvl inspect PATH                    list a weights file, a recording, a safetensors file or a checkpoint
+//   (convert and inspect live in converter/commands.h)
 // Errors print one line naming the file, key, expected and actual value, and exit non-zero.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -11,14 +15,19 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "converter/commands.h"
 #include "converter/convert.h"
 #include "converter/safetensors.h"
+#include "functional/cuda/fused.h"
 #include "functional/vision.h"
 #include "instrument/compare.h"
 #include "instrument/config_json.h"
 #include "instrument/h5io.h"
 #include "instrument/recording.h"
 #include "instrument/replay.h"
+#include "instrument/rope_check.h"
+#include "instrument/rope_spec.h"
+#include "functional/rope/vision_plug.h"
 
 #ifndef QVL_SOURCE_DIR
 #define QVL_SOURCE_DIR "."
@@ -33,15 +42,32 @@ const std::string kDefaultRecording = std::string(QVL_SOURCE_DIR) + "/recordings
 
 std::string trunc(const std::string& s, size_t n) { return s.size() <= n ? s : "..." + s.substr(s.size() - n + 3); }
 
+// --- --rope: the RoPE plug-in (functional/rope), same options on check, run and generate ---------------
+std::string g_text_rope = "mrope", g_vision_rope = "qwen";
+void apply_rope(ModelConfig& cfg) {
+  cfg.text_rope = parse_text_rope(g_text_rope);
+  if (cfg.text_rope.kind != rope::TextRope::Kind::MRope) std::fprintf(stderr, "rope (text): %s\n", g_text_rope.c_str());
+  if (g_vision_rope != "qwen") {
+    cfg.vision_rope = std::make_shared<const rope::VisionRope>(rope::parse_vision_rope(g_vision_rope));
+    std::fprintf(stderr, "rope (vision): %s\n", cfg.vision_rope->name.c_str());
+  }
+}
+
 // --- check -----------------------------------------------------------------------------------------
 int cmd_check(const std::string& weights_path, const std::string& recording_path, bool verbose,
-              const std::vector<std::string>& only) {
+              const std::vector<std::string>& only, const std::string& device) {
+  // --device cuda: every call runs on the GPU with the fused kernels (functional/cuda), judged as on the CPU.
+  const bool on_gpu = device == "cuda";
+  if (on_gpu && !cuda::unavailable_reason().empty()) throw std::runtime_error("--device cuda: " + cuda::unavailable_reason());
+  const at::Device dev = on_gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   ModelConfig wcfg;
   Recording rec = Recording::open(recording_path);
   // What transformers ran with (overrides included), weights cast as from_pretrained(dtype=...) did.
   ReplayModel rm = replay_model(load_weights_any(weights_path, &wcfg), wcfg, rec);
-  const Weights& root = rm.weights;
-  const ModelConfig& cfg = rm.config;
+  apply_rope(rm.config);
+  const Weights root = on_gpu ? to_device(rm.weights, dev) : rm.weights;
+  ModelConfig cfg = rm.config;
+  cfg.vision.fused = cfg.text.fused = on_gpu;
   const std::string dtype = rec.attr("dtype");
   const bool bf16 = dtype == "bfloat16";
   Registry reg = Registry::defaults();
@@ -53,6 +79,7 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
               rec.has_attr("torch_version") ? rec.attr("torch_version").c_str() : "?", dtype.c_str(),
               rec.has_attr("attn_implementation") ? rec.attr("attn_implementation").c_str() : "?");
   std::printf("%s", cast_note.c_str());
+  if (on_gpu) std::printf("  device:    cuda, fused kernels (RMSNorm, RoPE apply, varlen attention)\n");
   const Threshold& th = threshold_for(dtype, "*");
   if (bf16) {
     std::printf("  rule:      error vs HF's float32 module <= %.1fx HF's own bf16 error (RMSE and max|err|)\n",
@@ -70,7 +97,7 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
   for (size_t i = 0; i < rec.calls().size(); ++i) {
     const CallHeader& h = rec.calls()[i];
     if (!only.empty() && std::find(only.begin(), only.end(), h.module_class) == only.end()) continue;
-    CallResult r = replay_call(rec, i, root, cfg, reg);
+    CallResult r = replay_call(rec, i, root, cfg, reg, dev);
     std::printf("%-6s %-44s %-34s %4lld  ", h.group.c_str(), trunc(h.module_path, 44).c_str(),
                 trunc(h.module_class, 34).c_str(), static_cast<long long>(h.call_index));
     if (r.status == CallResult::Status::NoFunction) {
@@ -149,6 +176,7 @@ int cmd_run(bool vision_only, const std::string& weights_path, const std::string
   ModelConfig wcfg;
   Recording ref = Recording::open(ref_path);
   ReplayModel rm = replay_model(load_weights_any(weights_path, &wcfg), wcfg, ref);
+  apply_rope(rm.config);
   Weights& root = rm.weights;
   const ModelConfig& cfg = rm.config;
   // Researcher knob: scale one weight tensor to see where and how a change propagates.
@@ -166,6 +194,53 @@ int cmd_run(bool vision_only, const std::string& weights_path, const std::string
 }
 
 // --- compare: two recordings, first divergence and error growth -------------------------------------------
+int cmd_rope_check(const std::vector<std::string>& paths, bool verbose) {
+  // Every argument is a golden file or a folder of them (*.h5).
+  std::vector<std::string> files;
+  for (const auto& p : paths) {
+    if (fs::is_directory(p)) {
+      std::vector<std::string> found;
+      for (const auto& e : fs::directory_iterator(p))
+        if (e.path().extension() == ".h5") found.push_back(e.path().string());
+      if (found.empty()) throw std::runtime_error("'" + p + "': no .h5 golden files in this folder");
+      std::sort(found.begin(), found.end());
+      files.insert(files.end(), found.begin(), found.end());
+    } else if (fs::exists(p)) {
+      files.push_back(p);
+    } else {
+      throw std::runtime_error("'" + p + "': no such file or folder (golden data: ../shared/golden, see its README.md)");
+    }
+  }
+  int cases = 0, failed = 0, raised = 0;
+  for (const auto& f : files) {
+    auto golden = rope_check::read_golden_file(f);
+    std::printf("%s: %zu cases\n", f.c_str(), golden.size());
+    for (const auto& c : golden) {
+      rope_check::CaseCheck r = rope_check::check_case(c);
+      ++cases;
+      failed += !r.pass;
+      raised += r.expected_error;
+      std::string summary;
+      for (const auto& o : r.outputs) {
+        char buf[200];
+        std::snprintf(buf, sizeof(buf), "%s%s[%s] max_abs %.2e max_rel %.2e%s", summary.empty() ? "" : "  ",
+                      o.name.c_str(), o.rule.c_str(), o.max_abs, o.max_rel, o.pass ? "" : " FAIL");
+        summary += buf;
+      }
+      if (r.expected_error) summary = "raised as the official code did: " + r.error;
+      else if (!r.error.empty()) summary = "error: " + r.error;
+      std::printf("  %-4s %-52s %-18s %s\n", r.pass ? "ok" : "FAIL", r.name.c_str(), r.function.c_str(), summary.c_str());
+      for (const auto& o : r.outputs)
+        if (!o.pass || verbose) std::printf("         %s: %s\n", o.name.c_str(), o.detail.empty() ? "ok" : o.detail.c_str());
+      if (verbose)
+        for (const auto& [k, v] : r.notes) std::printf("         note %s: %s\n", k.c_str(), v.c_str());
+    }
+  }
+  std::printf("rope-check: %d cases, %d passed, %d failed (%d raised as the official code did)\n", cases, cases - failed,
+              failed, raised);
+  return failed ? 1 : 0;
+}
+
 int cmd_compare(const std::string& ref_path, const std::string& ours_path, bool all) {
   Recording ref = Recording::open(ref_path), ours = Recording::open(ours_path);
   CompareReport rep = compare_recordings(ref, ours);
@@ -207,6 +282,7 @@ int cmd_generate(const std::string& weights_path, const std::string& inputs_path
   ModelConfig wcfg;
   Recording rec = Recording::open(inputs_path);
   ReplayModel rm = replay_model(load_weights_any(weights_path, &wcfg), wcfg, rec);
+  apply_rope(rm.config);
   const Weights& root = rm.weights;
   const ModelConfig& cfg = rm.config;
   const std::string dtype = rec.attr("dtype");
@@ -239,78 +315,18 @@ int cmd_generate(const std::string& weights_path, const std::string& inputs_path
       same = static_cast<int64_t>(want[b].size()) == out.size(1);
       for (size_t t = 0; same && t < want[b].size(); ++t) same = want[b][t] == out[b][t].item<int64_t>();
     }
+    if (cfg.text_rope.kind != rope::TextRope::Kind::MRope || cfg.vision_rope) {
+      // A changed rope is not transformers' model: the comparison is information only.
+      std::printf("transformers generate (stock rotary) recorded %zu x %zu tokens: %s (information only: --rope %s, --rope-vision %s)\n",
+                  want.size(), want.empty() ? 0 : want[0].size(), same ? "identical" : "different", g_text_rope.c_str(),
+                  g_vision_rope.c_str());
+      return 0;
+    }
     std::printf("transformers generate recorded %zu x %zu tokens: %s\n", want.size(), want.empty() ? 0 : want[0].size(),
                 same ? "IDENTICAL" : "DIFFERENT");
     return same ? 0 : 1;
   }
   return 0;
-}
-
-// --- convert ---------------------------------------------------------------------------------------
-int cmd_convert(const std::string& dir, const std::string& out, int gzip) {
-  const auto t0 = std::chrono::steady_clock::now();
-  double last_print = -1.0;
-  auto progress = [&](uint64_t done, uint64_t total) {
-    const int pct = total ? static_cast<int>(100.0 * done / total) : 100;
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (done < total && s - last_print < 0.5) return;  // at most two updates a second, and the last one
-    last_print = s;
-    const double rate = s > 0 ? done / s : 0;
-    const double eta = rate > 0 ? (total - done) / rate : 0;
-    std::fprintf(stderr, "\r[convert] %3d%%  %8.1f MB  %7.1f MB/s  ETA %5.1fs", pct, done / 1e6, rate / 1e6, eta);
-    std::fflush(stderr);
-  };
-  ConvertReport rep = convert_checkpoint(dir, out, gzip, progress);
-  std::fprintf(stderr, "\n");
-  std::printf("converted %s -> %s: %lld tensors, %.1f MB, key layout '%s'\n", dir.c_str(), out.c_str(),
-              static_cast<long long>(rep.tensors), rep.bytes / 1e6, rep.key_layout.c_str());
-  for (const auto& n : rep.notes) std::printf("  note: %s\n", n.c_str());
-  return 0;
-}
-
-// --- inspect ---------------------------------------------------------------------------------------
-int cmd_inspect(const std::string& path) {
-  if (fs::path(path).extension() == ".safetensors") {
-    SafetensorsFile f = SafetensorsFile::open(path);
-    std::printf("%s: safetensors, %zu tensors\n", path.c_str(), f.entries().size());
-    for (const auto& [k, v] : f.metadata()) std::printf("  __metadata__ %s = %s\n", k.c_str(), v.c_str());
-    for (const auto& e : f.entries())
-      std::printf("  %-60s %-5s %-22s %12llu bytes\n", e.name.c_str(), e.dtype.c_str(), shape_str(e.shape).c_str(),
-                  static_cast<unsigned long long>(e.end - e.begin));
-    return 0;
-  }
-  if (fs::is_directory(path)) {
-    Checkpoint ck = find_checkpoint(path);
-    for (const auto& s : ck.shards) cmd_inspect(s);
-    return 0;
-  }
-  h5::File f = h5::open_read(path);
-  const std::string format = h5::has_attr(f.id(), "format") ? h5::attr_str(f.id(), "format", path) : "";
-  f.h.reset();
-  if (format == "qvl.recording") {
-    Recording rec = Recording::open(path);
-    std::printf("%s: qvl.recording, %zu calls, producer %s, dtype %s\n", path.c_str(), rec.calls().size(),
-                rec.attr("producer").c_str(), rec.attr("dtype").c_str());
-    for (const auto& h : rec.calls())
-      std::printf("  %s %-50s %-36s #%lld parent %lld %s\n", h.group.c_str(), h.module_path.c_str(),
-                  h.module_class.c_str(), static_cast<long long>(h.call_index), static_cast<long long>(h.parent),
-                  h.settings.c_str());
-    return 0;
-  }
-  if (format == "qvl.weights") {
-    h5::WeightsFile wf = h5::read_weights(path);
-    uint64_t total = 0;
-    auto leaves = wf.weights.flatten();
-    for (const auto& [k, t] : leaves) total += t.nbytes();
-    std::printf("%s: qvl.weights, %zu tensors, %.2f MB, key layout %s\n", path.c_str(), leaves.size(), total / 1e6,
-                wf.attrs.count("key_layout") ? wf.attrs.at("key_layout").c_str() : "?");
-    for (const auto& [k, t] : leaves)
-      std::printf("  %-60s %-9s %-22s %12lld bytes\n", k.c_str(), dtype_name(t.scalar_type()).c_str(),
-                  shape_str(t.sizes()).c_str(), static_cast<long long>(t.nbytes()));
-    return 0;
-  }
-  throw std::runtime_error("'" + path + "': HDF5 file of unknown format '" + format +
-                           "' (expected qvl.weights or qvl.recording)");
 }
 
 }  // namespace
@@ -327,13 +343,30 @@ int main(int argc, char** argv) {
   check->add_option("recording", recording, "qvl.recording .h5 file")->capture_default_str();
   check->add_flag("-v,--verbose", verbose, "One line per output tensor");
   check->add_option("--only", only, "Check only these module classes / function names");
+  const char* rope_help = "Text RoPE: mrope (default), circle (released Circle-RoPE config, AGE strategy_4), circle:{JSON} (a circle_rope block; README)";
+  check->add_option("--rope", g_text_rope, rope_help)->capture_default_str();
+  const char* vrope_help = "Vision 2-D rotary: qwen (default), axial[:theta=100], mixed[:theta=10,seed=0], spiral[:rotate=2,mode=exact|clamp,...], block2[:theta=100] (README)";
+  check->add_option("--rope-vision", g_vision_rope, vrope_help)->capture_default_str();
+  std::string check_device = "cpu";
+  check->add_option("--device", check_device, "cpu, or cuda: run every call on the GPU with the fused kernels")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
 
-  std::string hf_dir, out;
-  int gzip = 0;
-  auto* convert = app.add_subcommand("convert", "Convert a Hugging Face checkpoint to a nested qvl.weights HDF5 file");
-  convert->add_option("hf_dir", hf_dir, "Checkpoint directory (config.json + *.safetensors)")->required();
-  convert->add_option("out", out, "Output .h5 (written to a temporary file, renamed when complete)")->required();
-  convert->add_option("--gzip", gzip, "gzip level 0-9 (0: none)")->check(CLI::Range(0, 9));
+  ConvertCommand conv;
+  bool conv_no_progress = false, conv_no_fsync = false;
+  auto* convert = app.add_subcommand(
+      "convert", "Convert a Hugging Face checkpoint to a nested qvl.weights HDF5 file, or back (--to-safetensors)");
+  convert->add_option("src", conv.src, "Checkpoint directory (config.json + *.safetensors), or with --to-safetensors a qvl.weights .h5")->required();
+  convert->add_option("out", conv.out, "Output .h5, or with --to-safetensors a new directory (written to a temporary, renamed when complete)")->required();
+  convert->add_flag("--to-safetensors", conv.to_safetensors, "qvl.weights .h5 -> Hugging Face checkpoint directory (bit-exact round trip)");
+  convert->add_option("--dtype", conv.dtype, "Cast floating tensors: bf16, f16 or f32 (integer tensors are kept)")
+      ->check(CLI::IsMember({"bf16", "bfloat16", "f16", "fp16", "float16", "f32", "fp32", "float32"}));
+  convert->add_option("--gzip", conv.gzip, "HDF5 output: gzip level 0-9 (0: none)")->check(CLI::Range(0, 9));
+  convert->add_option("--layout", conv.layout, "--to-safetensors key layout: hub (visual.*, model.layers.*) or runtime (model.visual.*, model.language_model.*); default: the layout the file came from")
+      ->check(CLI::IsMember({"hub", "runtime"}));
+  convert->add_option("--max-shard-size", conv.max_shard_size, "--to-safetensors shard size (e.g. 5GB, 500MB, 4GiB)")->capture_default_str();
+  convert->add_flag("--no-progress", conv_no_progress, "No progress bar on stderr");
+  convert->add_flag("--no-fsync", conv_no_fsync, "Skip the fsync before the rename (faster; a power cut may then lose the file)");
 
   std::string ref_path, ours_path, run_out;
   std::vector<std::string> scales;
@@ -344,6 +377,8 @@ int main(int argc, char** argv) {
     cmd->add_option("--weights", run_weights, "qvl.weights .h5 or HF checkpoint directory")->capture_default_str();
     cmd->add_option("-o,--out", run_out, "Output recording (qvl.recording schema)")->required();
     cmd->add_option("--scale-weight", scales, "PATH=FACTOR: scale one weight tensor (see where a change diverges)");
+    cmd->add_option("--rope", g_text_rope, rope_help)->capture_default_str();
+    cmd->add_option("--rope-vision", g_vision_rope, vrope_help)->capture_default_str();
     return cmd;
   };
   auto* run_vision = add_run("run-vision", "Chained run: the functional vision tower from a recording's pixel_values, recorded from C++");
@@ -361,18 +396,41 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--weights", gen_weights, "qvl.weights .h5 or HF checkpoint directory")->capture_default_str();
   gen_cmd->add_option("--inputs", gen_inputs, "Recording whose top-level call gives input_ids, pixel values and grids")->capture_default_str();
   gen_cmd->add_option("-n,--max-new-tokens", gen_max, "Tokens to generate")->capture_default_str();
+  gen_cmd->add_option("--rope", g_text_rope, rope_help)->capture_default_str();
+  gen_cmd->add_option("--rope-vision", g_vision_rope, vrope_help)->capture_default_str();
   gen_cmd->add_option("--eos", gen_eos, "End-of-sequence ids (default: those transformers used when recording)");
 
+  std::vector<std::string> rope_paths;
+  auto* rope_check_cmd = app.add_subcommand(
+      "rope-check", "Check the RoPE variants against golden files of the official implementations (../shared/golden schema)");
+  rope_check_cmd->add_option("files", rope_paths, "Golden .h5 files or folders of them")->required();
+  rope_check_cmd->add_flag("-v,--verbose", verbose, "Every output's verdict and the notes");
+
   std::string inspect_path;
-  auto* inspect = app.add_subcommand("inspect", "List a weights file, a recording, a safetensors file or a checkpoint");
-  inspect->add_option("file", inspect_path, "File or checkpoint directory")->required();
+  auto* inspect = app.add_subcommand(
+      "inspect", "List the tree, shapes, dtypes and bytes of a weights file, a recording, a safetensors file or a checkpoint (no data read)");
+  inspect->add_option("file", inspect_path, "File or checkpoint directory (a checkpoint is also checked against its config.json)")->required();
 
   CLI11_PARSE(app, argc, argv);
   const std::string name = app.get_subcommands().front()->get_name();
   try {
-    if (check->parsed()) return cmd_check(weights, recording, verbose, only);
-    if (convert->parsed()) return cmd_convert(hf_dir, out, gzip);
-    if (inspect->parsed()) return cmd_inspect(inspect_path);
+    if (check->parsed()) return cmd_check(weights, recording, verbose, only, check_device);
+    if (convert->parsed()) {
+      conv.progress = !conv_no_progress;
+      conv.fsync = !conv_no_fsync;
+      return run_convert(conv);
+    }
+    if (inspect->parsed()) return run_inspect(inspect_path);
+    if (rope_check_cmd->parsed()) {
+      // The golden files come from torch's CPU kernels on an AVX2 machine. Sleef's float32 atan2/sin/cos
+      // (1-ulp accurate, not correctly rounded) give different last bits in their AVX2 and AVX-512 variants,
+      // and Circle-RoPE multiplies an atan2 result by the radius, so one ulp becomes ~4e-6 in a position
+      // (measured on the 8x6 grids). Run ATen's CPU kernels at AVX2 like the producer, unless the caller
+      // chose a capability. Must happen before the first tensor operation picks its kernels.
+      setenv("ATEN_CPU_CAPABILITY", "avx2", /*overwrite=*/0);
+      std::printf("ATen CPU kernels: %s (ATEN_CPU_CAPABILITY; the golden producer's)\n", std::getenv("ATEN_CPU_CAPABILITY"));
+      return cmd_rope_check(rope_paths, verbose);
+    }
     if (run_vision->parsed()) return cmd_run(true, run_weights, ref_path, run_out, scales);
     if (run_model->parsed()) return cmd_run(false, run_weights, ref_path, run_out, scales);
     if (compare_cmd->parsed()) return cmd_compare(ref_path, ours_path, compare_all);

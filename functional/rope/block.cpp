@@ -1,0 +1,138 @@
+#include "functional/rope/block.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "functional/weights.h"  // shape_str
+
+namespace qvl::rope {
+namespace {
+void check_square(const at::Tensor& m, const char* fn, const char* what) {
+  if (m.dim() < 2 || m.size(-1) != m.size(-2)) {
+    throw std::runtime_error(std::string(fn) + ": " + what + " must be [..., b, b], got " + shape_str(m.sizes()));
+  }
+}
+}  // namespace
+
+at::Tensor skew_part(const at::Tensor& m) {
+  check_square(m, "rope::skew_part", "m");
+  return m - m.transpose(-1, -2);
+}
+
+at::Tensor canonical_skew(int64_t b) {
+  if (b < 2) throw std::runtime_error("rope::canonical_skew: block size must be >= 2, got " + std::to_string(b));
+  at::Tensor S = at::zeros({b, b}, at::kFloat);
+  for (int64_t i = 0; 2 * i + 1 < b; ++i) {
+    S[2 * i + 1][2 * i] = 1.0;
+    S[2 * i][2 * i + 1] = -1.0;
+  }
+  return S;
+}
+
+at::Tensor generators_axis_partition(int64_t dim, int64_t block, int64_t axes, double theta,
+                                     const at::Tensor& unit_skew) {
+  if (block < 2 || axes < 1 || dim <= 0 || dim % block != 0 || (dim / block) % axes != 0) {
+    throw std::runtime_error("rope::generators_axis_partition: head dim " + std::to_string(dim) + " must split into " +
+                             std::to_string(axes) + " equal groups of " + std::to_string(block) + "x" +
+                             std::to_string(block) + " blocks (D % (b*A) == 0)");
+  }
+  const int64_t nb = dim / block, per_axis = nb / axes;
+  at::Tensor S = unit_skew.defined() ? unit_skew.to(at::kFloat) : canonical_skew(block);
+  if (S.dim() == 2) S = S.unsqueeze(0).expand({nb, block, block});
+  if (S.dim() != 3 || S.size(0) != nb || S.size(1) != block || S.size(2) != block) {
+    throw std::runtime_error("rope::generators_axis_partition: unit_skew must be [" + std::to_string(block) + ", " +
+                             std::to_string(block) + "] or [" + std::to_string(nb) + ", " + std::to_string(block) + ", " +
+                             std::to_string(block) + "], got " + shape_str(unit_skew.sizes()));
+  }
+  // omega_k = 1 / theta^(k*A*b / D), written like rope2d's axial_frequencies so that b = 2, A = 2 gives
+  // the same float32 values: reciprocal(pow(theta, arange(0, D, A*b) / D))                 [nb/A]
+  at::Tensor omega = at::reciprocal(at::pow(theta, at::arange(0, dim, axes * block, at::kLong).to(at::kFloat) / dim));
+  at::Tensor G = at::zeros({axes, nb, block, block}, at::kFloat);
+  for (int64_t a = 0; a < axes; ++a) {
+    // blocks [a*per_axis, (a+1)*per_axis) belong to axis a
+    G[a].slice(0, a * per_axis, (a + 1) * per_axis) = omega.view({per_axis, 1, 1}) * S.slice(0, a * per_axis, (a + 1) * per_axis);
+  }
+  return G;  // [A, nb, b, b]
+}
+
+at::Tensor generators_linearly_dependent(const at::Tensor& coeffs, const at::Tensor& base) {
+  check_square(base, "rope::generators_linearly_dependent", "base");
+  if (coeffs.dim() != 2 || base.dim() != 3 || coeffs.size(1) != base.size(0)) {
+    throw std::runtime_error("rope::generators_linearly_dependent: coeffs must be [A, nb] and base [nb, b, b], got " +
+                             shape_str(coeffs.sizes()) + " and " + shape_str(base.sizes()));
+  }
+  // G_{a,j} = c_{a,j} (P_j - P_j^T), in the promoted floating dtype of the inputs (float32 for integers)
+  at::ScalarType dt = at::promote_types(coeffs.scalar_type(), base.scalar_type());
+  if (!at::isFloatingType(dt)) dt = at::kFloat;
+  return coeffs.to(dt).view({coeffs.size(0), coeffs.size(1), 1, 1}) * skew_part(base.to(dt)).unsqueeze(0);
+}
+
+double max_commutator(const at::Tensor& generators) {
+  check_square(generators, "rope::max_commutator", "generators");
+  if (generators.dim() < 4) {
+    throw std::runtime_error("rope::max_commutator: generators must be [..., A, nb, b, b], got " +
+                             shape_str(generators.sizes()));
+  }
+  at::Tensor G = generators.to(at::kDouble);
+  const int64_t A = G.size(-4);
+  double worst = 0;
+  for (int64_t a = 0; a < A; ++a) {
+    for (int64_t a2 = a + 1; a2 < A; ++a2) {
+      at::Tensor X = G.select(-4, a), Y = G.select(-4, a2);
+      at::Tensor C = at::matmul(X, Y) - at::matmul(Y, X);
+      worst = std::max(worst, C.pow(2).sum({-1, -2}).sqrt().max().item<double>());
+    }
+  }
+  return worst;
+}
+
+at::Tensor block_rotations(const at::Tensor& generators, const at::Tensor& positions) {
+  check_square(generators, "rope::block_rotations", "generators");
+  if (generators.dim() < 4) {
+    throw std::runtime_error("rope::block_rotations: generators must be [..., A, nb, b, b], got " +
+                             shape_str(generators.sizes()));
+  }
+  const int64_t A = generators.size(-4);
+  if (positions.dim() != 2 || positions.size(1) != A) {
+    throw std::runtime_error("rope::block_rotations: positions must be [M, " + std::to_string(A) +
+                             "] (one coordinate per generator axis), got " + shape_str(positions.sizes()));
+  }
+  at::Tensor p = positions.to(generators.scalar_type());
+  // sum_a p[m, a] * G[..., a, j]                                                      [..., M, nb, b, b]
+  at::Tensor gen = at::einsum("...ajrc,ma->...mjrc", {generators, p});
+  return at::linalg_matrix_exp(gen);
+}
+
+at::Tensor block_diag_dense(const at::Tensor& blocks) {
+  check_square(blocks, "rope::block_diag_dense", "blocks");
+  if (blocks.dim() < 3) {
+    throw std::runtime_error("rope::block_diag_dense: blocks must be [..., nb, b, b], got " + shape_str(blocks.sizes()));
+  }
+  const int64_t nb = blocks.size(-3), b = blocks.size(-1);
+  // R[..., j, r, k, c] = blocks[..., j, r, c] * delta(j, k)                                [..., nb, b, nb, b]
+  at::Tensor eye = at::eye(nb, blocks.options()).view({nb, 1, nb, 1});
+  at::Tensor R = blocks.unsqueeze(-2) * eye;
+  std::vector<int64_t> shape(blocks.sizes().begin(), blocks.sizes().end() - 3);
+  shape.push_back(nb * b);
+  shape.push_back(nb * b);
+  return R.reshape(shape);  // [..., D, D]
+}
+
+at::Tensor apply_block_rope(const at::Tensor& x, const at::Tensor& blocks) {
+  check_square(blocks, "rope::apply_block_rope", "blocks");
+  if (blocks.dim() < 4 || x.dim() < 2 || x.size(-1) != blocks.size(-3) * blocks.size(-1)) {
+    throw std::runtime_error("rope::apply_block_rope: x must be [..., M, nb*b] for blocks [..., M, nb, b, b], got x " +
+                             shape_str(x.sizes()) + " and blocks " + shape_str(blocks.sizes()));
+  }
+  const int64_t nb = blocks.size(-3), b = blocks.size(-1);
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = nb;
+  shape.push_back(b);
+  shape.push_back(1);
+  // x'_j = B_j x_j for each contiguous block j of b channels                             [..., M, nb, b, 1]
+  at::Tensor y = at::matmul(blocks, x.to(blocks.scalar_type()).reshape(shape));
+  return y.reshape(x.sizes()).to(x.scalar_type());
+}
+
+}  // namespace qvl::rope
