@@ -11,7 +11,8 @@
 // child,
 //    ru_maxrss) and wall time; --cold first drops the shards from the page cache (posix_fadvise DONTNEED), so
 //    they are read from the disk; --back also times `qvl convert --to-safetensors` back.
-// 3. Prints one line per run and the goals: >= 1 GB/s; peak RSS <= largest tensor + 256 MB.
+// 3. Prints one line per run (with the child's CPU seconds, user + system, to tell a busy machine from a
+//    slow converter) and the goals: >= 1 GB/s; peak RSS <= largest tensor + 256 MB.
 // Outputs are deleted unless --keep; --clean also deletes the generated checkpoint.
 #include <fcntl.h>
 #include <ftw.h>
@@ -151,7 +152,7 @@ Generated generate(const std::string& config_text, const std::string& dir) {
 }
 
 struct Run {
-  double wall_s = 0;
+  double wall_s = 0, cpu_s = 0;  // cpu: user + system, all threads
   long max_rss_kb = 0;
   int status = -1;
 };
@@ -172,6 +173,7 @@ Run run_child(const std::vector<std::string>& args) {
   wait4(pid, &status, 0, &ru);
   r.wall_s = now_s() - t0;
   r.max_rss_kb = ru.ru_maxrss;
+  r.cpu_s = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
   r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
 }
@@ -247,9 +249,10 @@ int main(int argc, char** argv) {
     const double rss = r.max_rss_kb * 1024.0;
     const double over = rss - static_cast<double>(g.largest);
     std::printf(
-        "convert  %-28s %6.2f GB  %3zu tensors %2zu shards  %7.1f s  %5.2f GB/s  peak RSS %7.1f MB  "
-        "largest tensor %7.1f MB (%s)  RSS - largest %+7.1f MB  [%s%s]\n",
-        name.c_str(), g.bytes / 1e9, g.tensors, g.shards, r.wall_s, gbs, rss / 1e6, g.largest / 1e6,
+        "convert  %-24s %6.2f GB  %3zu tensors %2zu shards  %6.1f s  %5.2f GB/s  cpu %5.1f s  peak RSS %6.1f "
+        "MB  "
+        "largest tensor %6.1f MB (%s)  RSS - largest %+7.1f MB  [%s%s]\n",
+        name.c_str(), g.bytes / 1e9, g.tensors, g.shards, r.wall_s, gbs, r.cpu_s, rss / 1e6, g.largest / 1e6,
         g.largest_name.c_str(), over / 1e6, cold ? "cold" : "warm", no_fsync ? ", no fsync" : ", fsync");
     std::printf("goals: >= 1 GB/s: %s (%.2f); peak RSS <= largest + 256 MB: %s (%+.1f MB)\n",
                 gbs >= 1.0 ? "met" : "MISSED", gbs, over <= 256e6 ? "met" : "MISSED", over / 1e6);
@@ -264,8 +267,9 @@ int main(int argc, char** argv) {
       if (b.status != 0)
         throw std::runtime_error("qvl convert --to-safetensors exited with " + std::to_string(b.status));
       std::printf(
-          "back     %-28s %6.2f GB  %7.1f s  %5.2f GB/s  peak RSS %7.1f MB  RSS - largest %+7.1f MB\n",
-          name.c_str(), dir_bytes(back_dir) / 1e9, b.wall_s, g.bytes / b.wall_s / 1e9,
+          "back     %-24s %6.2f GB  %6.1f s  %5.2f GB/s  cpu %5.1f s  peak RSS %6.1f MB  RSS - largest "
+          "%+7.1f MB\n",
+          name.c_str(), dir_bytes(back_dir) / 1e9, b.wall_s, g.bytes / b.wall_s / 1e9, b.cpu_s,
           b.max_rss_kb * 1024.0 / 1e6, (b.max_rss_kb * 1024.0 - g.largest) / 1e6);
       if (!keep) remove_tree(back_dir);
     }

@@ -618,7 +618,9 @@ ExportReport export_safetensors(const std::string& h5_path, const std::string& o
     }
   }
   rep.layout = layout;
-  parse_model_config(config, h5_path + ":config");  // a broken config fails here, not in transformers
+  // A broken config or a tensor of the wrong shape fails here, not later in transformers.
+  const ModelConfig cfg = parse_model_config(config, h5_path + ":config");
+  std::map<std::string, std::vector<int64_t>> shapes;
   struct Item {
     std::string h5_path;  // "model/visual/..."
     SafetensorsPlanned plan;
@@ -634,6 +636,7 @@ ExportReport export_safetensors(const std::string& h5_path, const std::string& o
     std::replace(slash.begin(), slash.end(), '.', '/');
     uint64_t numel = 1;
     for (int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
+    shapes[t.path] = t.shape;
     items.push_back({slash,
                      {checkpoint_key(t.path, layout), outd, t.shape},
                      numel * at::elementSize(outd),
@@ -641,6 +644,7 @@ ExportReport export_safetensors(const std::string& h5_path, const std::string& o
                      numel * at::elementSize(in)});
   }
   if (items.empty()) throw std::runtime_error(quoted(h5_path) + ": holds no tensors");
+  check_tensor_shapes(shapes, cfg, quoted(h5_path));
   std::sort(items.begin(), items.end(),
             [](const Item& a, const Item& b) { return a.plan.name < b.plan.name; });
 

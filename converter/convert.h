@@ -99,8 +99,10 @@ struct ConvertReport {
 };
 
 // Streams every tensor of `dir` into a qvl.weights HDF5 file at `out`: a temporary file next to it, renamed
-// when complete. Tensors are written straight from the mapped shards, whose pages are dropped after each
-// tensor, so the peak memory stays near the largest tensor (twice that with --dtype).
+// when complete. Tensor bytes go from the mapped shards into datasets reserved in the file, 16 MiB at a time
+// (cast chunk by chunk with a dtype), the pages dropped once written, while a second thread hashes each
+// shard: the memory used does not grow with the tensors. With gzip (and for BOOL tensors, normalised to
+// 0/1) a whole tensor goes through HDF5's filters instead: about the largest tensor more.
 ConvertReport convert_checkpoint(const std::string& dir, const std::string& out,
                                  const ConvertOptions& opt = {});
 
@@ -120,7 +122,8 @@ struct ExportReport {
   std::vector<std::string> removed_temporaries;
 };
 
-// qvl.weights HDF5 -> a Hugging Face checkpoint directory `out_dir` (must not exist, or be empty):
+// qvl.weights HDF5 -> a Hugging Face checkpoint directory `out_dir` (must not exist, or be empty), after
+// checking every shape against the file's config (converter/shapes.h):
 // config.json (from the file's config attribute), the shards (model.safetensors, or
 // model-0000i-of-0000N.safetensors + model.safetensors.index.json past max_shard_bytes), metadata
 // {"format": "pt"}. Written into a temporary directory next to `out_dir`, renamed when complete.

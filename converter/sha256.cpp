@@ -5,9 +5,6 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <stdexcept>
-#include <vector>
 
 namespace qvl {
 namespace {
@@ -134,18 +131,6 @@ std::string Sha256::hex() {
   char out[65];
   for (int i = 0; i < 8; ++i) std::snprintf(out + 8 * i, 9, "%08x", h_[i]);
   return std::string(out, 64);
-}
-
-std::string sha256_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("'" + path + "': cannot open for hashing");
-  Sha256 s;
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    s.update(buf.data(), static_cast<size_t>(in.gcount()));
-  }
-  return s.hex();
 }
 
 }  // namespace qvl

@@ -26,6 +26,4 @@ class Sha256 {
   uint64_t total_ = 0;
 };
 
-std::string sha256_file(const std::string& path);  // error names the file
-
 }  // namespace qvl

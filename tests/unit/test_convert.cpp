@@ -260,6 +260,19 @@ TEST(Convert, ExportRefusesAnExistingNonEmptyTarget) {
   EXPECT_TRUE(fs::exists(d.file("empty/model.safetensors")));
 }
 
+TEST(Convert, ExportChecksShapesAgainstTheConfig) {
+  QVL_REQUIRE_FILE(data_path("weights/tiny.h5"));
+  TempDir d;
+  h5::WeightsFile wf = h5::read_weights(data_path("weights/tiny.h5"));
+  wf.weights.set("model.visual.merger.mlp.2.bias", at::zeros({63}));
+  h5::write_weights(d.file("bad.h5"), wf.weights, wf.attrs);
+  EXPECT_HAS(error_of([&] { export_safetensors(d.file("bad.h5"), d.file("out")); }),
+             "shape mismatch for 'model.visual.merger.mlp.2.bias': expected [64], got [63]");
+  int others = 0;
+  for (const auto& e : fs::directory_iterator(d.path())) others += e.path().filename() != "bad.h5";
+  EXPECT_EQ(others, 0) << "a temporary was left behind";
+}
+
 TEST(Convert, DirectLoadingEqualsTheConvertedFile) {
   QVL_REQUIRE_FILE(tiny_checkpoint_dir() + "/model.safetensors");
   for (bool tied : {false, true}) {
