@@ -134,6 +134,23 @@ uint64_t parse_byte_size(const std::string& text) {
   return static_cast<uint64_t>(v * it->second);
 }
 
+// Runs `work`, closing the progress line whether it returns or throws.
+template <class F>
+auto with_bar(ProgressBar& bar, F&& work) {
+  try {
+    auto r = work();
+    bar.finish();
+    return r;
+  } catch (...) {
+    bar.finish();
+    throw;
+  }
+}
+
+static void print_removed(const std::vector<std::string>& removed) {
+  for (const auto& r : removed) std::printf("  removed the stale temporary %s of a killed run\n", r.c_str());
+}
+
 // ------------------------------------------------------------------------------------------------------
 int run_convert(const ConvertCommand& c) {
   SignalGuard signals;
@@ -153,17 +170,9 @@ int run_convert(const ConvertCommand& c) {
     opt.dtype = dtype;
     opt.durable = c.fsync;
     opt.progress = progress;
-    ExportReport rep;
-    try {
-      rep = export_safetensors(c.src, c.out, opt);
-    } catch (...) {
-      bar.finish();
-      throw;
-    }
-    bar.finish();
+    ExportReport rep = with_bar(bar, [&] { return export_safetensors(c.src, c.out, opt); });
     const double s = now_s() - t0;
-    for (const auto& r : rep.removed_temporaries)
-      std::printf("  removed the stale temporary %s of a killed run\n", r.c_str());
+    print_removed(rep.removed_temporaries);
     std::printf("converted %s -> %s: %lld tensors, %s in %zu shard(s), %s key layout, %.1f s (%.2f GB/s)\n",
                 c.src.c_str(), c.out.c_str(), static_cast<long long>(rep.tensors),
                 human_bytes(static_cast<double>(rep.bytes)).c_str(), rep.shards.size(), rep.layout.c_str(), s,
@@ -178,17 +187,9 @@ int run_convert(const ConvertCommand& c) {
   opt.dtype = dtype;
   opt.durable = c.fsync;
   opt.progress = progress;
-  ConvertReport rep;
-  try {
-    rep = convert_checkpoint(c.src, c.out, opt);
-  } catch (...) {
-    bar.finish();
-    throw;
-  }
-  bar.finish();
+  ConvertReport rep = with_bar(bar, [&] { return convert_checkpoint(c.src, c.out, opt); });
   const double s = now_s() - t0;
-  for (const auto& r : rep.removed_temporaries)
-    std::printf("  removed the stale temporary %s of a killed run\n", r.c_str());
+  print_removed(rep.removed_temporaries);
   std::printf("converted %s -> %s: %lld tensors, %s, key layout '%s'%s, %.1f s (%.2f GB/s)\n", c.src.c_str(),
               c.out.c_str(), static_cast<long long>(rep.tensors),
               human_bytes(static_cast<double>(rep.bytes)).c_str(), rep.key_layout.c_str(),
