@@ -402,30 +402,29 @@ DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c)
   const int64_t B = in.input_ids.size(0), T = in.input_ids.size(1);
   DecodeState s;
   s.attention_mask = in.attention_mask.defined() ? in.attention_mask.to(at::kLong) : at::ones({B, T}, at::kLong);
-  // _prepare_position_ids_for_generation: get_rope_index with vision inputs, else the attention-mask
-  // positions (cumsum - 1, 0 at padding) on all three rows.
-  at::Tensor pos;
+  // The prompt's rope plan, and per source the position its successor is one past.
+  PlannedRope pr;
   if (c.text_rope.kind != rope::TextRope::Kind::MRope) {
-    // positions come from plan_rope below
-  } else if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
-    pos = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
-                         in.second_per_grid_ts, s.attention_mask, c).position_ids;
+    pr = plan_rope(in, s.attention_mask, c);
   } else {
-    at::Tensor p = (s.attention_mask.cumsum(-1) - 1).masked_fill(s.attention_mask.eq(0), 0);
-    pos = p.unsqueeze(0).expand({3, B, T}).contiguous();
+    // _prepare_position_ids_for_generation: get_rope_index with vision inputs, else the attention-mask
+    // positions (cumsum - 1, 0 at padding) on all three rows.
+    at::Tensor pos;
+    if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
+      pos = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
+                           in.second_per_grid_ts, s.attention_mask, c).position_ids;
+    } else {
+      at::Tensor p = (s.attention_mask.cumsum(-1) - 1).masked_fill(s.attention_mask.eq(0), 0);
+      pos = p.unsqueeze(0).expand({3, B, T}).contiguous();
+    }
+    pr.plan = {{pos}, {""}, std::vector<int64_t>(c.text.num_hidden_layers, 0)};
+    pr.last = {pos.slice(2, pos.size(2) - 1)};  // generate: each step is the previous position + 1
   }
   at::Tensor embeds = embed_inputs(w, in, c);
-  if (c.text_rope.kind != rope::TextRope::Kind::MRope) {
-    PlannedRope pr = plan_rope(in, s.attention_mask, c);
-    at::Tensor h = text::text_model(lm, embeds, s.attention_mask, pr.plan, c.text, nullptr, &s.cache);
-    s.plan = pr.plan;
-    s.plan.positions = pr.last;
-    s.positions = pr.last[pr.plan.layer_source[0]];
-    s.logits = last_logits(root, h, c);
-    return s;
-  }
-  at::Tensor h = text::text_model(lm, embeds, s.attention_mask, pos, c.text, nullptr, &s.cache);
-  s.positions = pos.slice(2, pos.size(2) - 1);
+  at::Tensor h = text::text_model(lm, embeds, s.attention_mask, pr.plan, c.text, nullptr, &s.cache);
+  s.plan = pr.plan;
+  s.plan.positions = pr.last;
+  s.positions = s.plan.positions[s.plan.layer_source[0]];
   s.logits = last_logits(root, h, c);
   return s;
 }
@@ -437,17 +436,11 @@ void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, 
   // _update_model_kwargs_for_generation: the mask grows by one; positions are the last ones + 1 (all rows)
   s.attention_mask = at::cat({s.attention_mask, at::ones({B, 1}, at::kLong)}, -1);
   at::Tensor e = at::embedding(lm.tensor("embed_tokens.weight"), tokens.unsqueeze(1));  // [B, 1, D]
-  at::Tensor h;
-  if (!s.plan.positions.empty()) {
-    // rope plan: every source advances by one (its own delta, or the Circle delta under parity_decode)
-    for (auto& p : s.plan.positions) p = p + 1;
-    if (positions.defined()) s.plan.positions[s.plan.layer_source[0]] = positions;
-    s.positions = s.plan.positions[s.plan.layer_source[0]];
-    h = text::text_model(lm, e, s.attention_mask, s.plan, c.text, nullptr, &s.cache);
-  } else {
-    s.positions = positions.defined() ? positions : s.positions + 1;
-    h = text::text_model(lm, e, s.attention_mask, s.positions, c.text, nullptr, &s.cache);
-  }
+  // every position source advances by one (its own delta, or the Circle delta under parity_decode)
+  for (auto& p : s.plan.positions) p = p + 1;
+  if (positions.defined()) s.plan.positions[s.plan.layer_source[0]] = positions;
+  s.positions = s.plan.positions[s.plan.layer_source[0]];
+  at::Tensor h = text::text_model(lm, e, s.attention_mask, s.plan, c.text, nullptr, &s.cache);
   s.logits = last_logits(root, h, c);
 }
 

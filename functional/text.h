@@ -148,10 +148,10 @@ LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c,
 struct DecodeState {
   text::KVCache cache;
   at::Tensor attention_mask;  // [B, past + T] int64
-  at::Tensor positions;       // [3, B, 1]: the M-RoPE position of the last token on each row
+  at::Tensor positions;       // [3, B, 1]: the last token's position on each row (layer 0's source)
   at::Tensor logits;          // [B, V] float32 logits of the last position
-  // With a Circle/AGE rope plan (ModelConfig::text_rope): the last position per source and the layer map;
-  // each step advances every source by one. Empty for the stock model.
+  // The rope plan with, per source, the last position; each step advances every source by one. The stock
+  // model has one source (M-RoPE); a Circle/AGE plan (ModelConfig::text_rope) has one or two.
   text::RopePlan plan;
 };
 DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c);

@@ -510,16 +510,21 @@ WeightsWriter::WeightsWriter(const std::string& path, const std::map<std::string
   for (const auto& [k, v] : attrs) set_attr(file_.id(), k, v);
 }
 
-void WeightsWriter::add(const std::string& dotted, const at::Tensor& t) {
+hid_t WeightsWriter::parent_of_new(const std::string& dotted, std::vector<Handle>& groups) {
   auto parts = split_dotted(dotted);
-  std::vector<Handle> groups;
   hid_t cur = file_.id();
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
     groups.push_back(exists(cur, parts[i]) ? open_group(cur, parts[i], file_.path) : make_group(cur, parts[i]));
     cur = groups.back().id();
   }
   if (exists(cur, parts.back())) throw Error("'" + file_.path + "': tensor '" + dotted + "' written twice");
-  write_tensor(cur, parts.back(), t, gzip_);
+  return cur;
+}
+
+void WeightsWriter::add(const std::string& dotted, const at::Tensor& t) {
+  std::vector<Handle> groups;
+  hid_t cur = parent_of_new(dotted, groups);
+  write_tensor(cur, split_dotted(dotted).back(), t, gzip_);
 }
 
 uint64_t WeightsWriter::reserve(const std::string& dotted, at::ScalarType dtype, at::IntArrayRef shape) {
@@ -528,12 +533,7 @@ uint64_t WeightsWriter::reserve(const std::string& dotted, at::ScalarType dtype,
   if (!info) throw Error("reserve '" + dotted + "': unsupported dtype " + dtype_name(dtype));
   auto parts = split_dotted(dotted);
   std::vector<Handle> groups;
-  hid_t cur = file_.id();
-  for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    groups.push_back(exists(cur, parts[i]) ? open_group(cur, parts[i], file_.path) : make_group(cur, parts[i]));
-    cur = groups.back().id();
-  }
-  if (exists(cur, parts.back())) throw Error("'" + file_.path + "': tensor '" + dotted + "' written twice");
+  hid_t cur = parent_of_new(dotted, groups);
   std::vector<hsize_t> dims(shape.begin(), shape.end());
   bool empty = false;
   for (hsize_t d : dims) empty |= d == 0;

@@ -115,6 +115,10 @@ class WeightsWriter {
   void commit(bool durable = false);
 
  private:
+  // Opens or creates the groups of `dotted` (kept open in `groups`) and returns the parent of its leaf;
+  // error if the leaf already exists.
+  hid_t parent_of_new(const std::string& dotted, std::vector<Handle>& groups);
+
   AtomicPath out_;
   File file_;
   int gzip_;

@@ -2,7 +2,6 @@
 
 #include <hdf5.h>
 
-#include <set>
 #include <stdexcept>
 
 #include "functional/rope/circle.h"
@@ -97,8 +96,16 @@ std::vector<GoldenCase> read_golden_file(const std::string& path) {
 }
 
 namespace {
-CaseResult run_age_case(const GoldenCase& c);
+CaseResult run_age_case(const GoldenCase& c) {
+  at::Tensor want = c.outputs.at("layers");
+  std::vector<bool> layers = rope::circle::age_layers(c.params.at("strategy").get<std::string>(), want.size(0));
+  std::vector<uint8_t> v(layers.begin(), layers.end());
+  CaseResult r;
+  r.outputs["layers"] = at::tensor(at::ArrayRef<uint8_t>(v), at::kByte).to(want.scalar_type());
+  r.notes["layers"] = "qvl's any-L rule (functional/rope/circle.h age_layers) at L = " + std::to_string(want.size(0));
+  return r;
 }
+}  // namespace
 
 const std::map<std::string, Runner>& runners() {
   static const std::map<std::string, Runner> table = {
@@ -176,17 +183,5 @@ CaseCheck check_case(const GoldenCase& c) {
   }
   return out;
 }
-
-namespace {
-CaseResult run_age_case(const GoldenCase& c) {
-  at::Tensor want = c.outputs.at("layers");
-  std::vector<bool> layers = rope::circle::age_layers(c.params.at("strategy").get<std::string>(), want.size(0));
-  std::vector<uint8_t> v(layers.begin(), layers.end());
-  CaseResult r;
-  r.outputs["layers"] = at::tensor(at::ArrayRef<uint8_t>(v), at::kByte).to(want.scalar_type());
-  r.notes["layers"] = "qvl's any-L rule (functional/rope/circle.h age_layers) at L = " + std::to_string(want.size(0));
-  return r;
-}
-}  // namespace
 
 }  // namespace qvl::rope_check

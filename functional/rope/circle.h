@@ -33,7 +33,6 @@
 
 #include "functional/rope/rope_config.h"
 
-#include <optional>
 #include <string>
 #include <vector>
 
