@@ -186,8 +186,43 @@ at::Tensor text_model(const Weights& w, const at::Tensor& embeds, const at::Tens
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
     h = decoder_layer(w.at("layers").at(i), h, mask, ropes[plan.layer_source[i]], c, rec, cache, i);
   h = rms_norm(w.at("norm"), h, c.rms_norm_eps, rec, c.fused);
-  rs.done(Value::dict({{"last_hidden_state", Value::of(h)}}));
+  if (cache) {
+    rs.done(Value::dict({{"last_hidden_state", Value::of(h)}, {"past_key_values", cache_value(*cache, c.num_hidden_layers)}}));
+  } else {
+    rs.done(Value::dict({{"last_hidden_state", Value::of(h)}}));
+  }
   return h;
+}
+
+Value cache_value(const KVCache& cache, int64_t layers) {
+  std::vector<Value> keys, values;
+  for (int64_t i = 0; i < layers; ++i) {
+    const bool has = i < static_cast<int64_t>(cache.keys.size()) && cache.keys[i].defined();
+    keys.push_back(has ? Value::of(cache.keys[i]) : Value::none());
+    values.push_back(has ? Value::of(cache.values[i]) : Value::none());
+  }
+  Value k = Value::tuple(std::move(keys)), v = Value::tuple(std::move(values));
+  k.kind = v.kind = Value::Kind::List;
+  return Value::dict({{"keys", std::move(k)}, {"values", std::move(v)}}, "DynamicCache");
+}
+
+KVCache cache_from_value(const Value& v) {
+  if (v.kind != Value::Kind::Dict || !v.has("keys") || !v.has("values")) {
+    throw std::runtime_error("KV cache: expected a dict with 'keys' and 'values' (a recorded DynamicCache), got " +
+                             v.describe());
+  }
+  const Value &k = v.at("keys"), &vals = v.at("values");
+  if (k.size() != vals.size())
+    throw std::runtime_error("KV cache: " + std::to_string(k.size()) + " key entries but " +
+                             std::to_string(vals.size()) + " value entries");
+  KVCache out;
+  for (size_t i = 0; i < k.size(); ++i) {
+    if (k.at(i).is_none() != vals.at(i).is_none())
+      throw std::runtime_error("KV cache: layer " + std::to_string(i) + " has keys or values but not both");
+    out.keys.push_back(k.at(i).is_none() ? at::Tensor() : k.at(i).as_tensor("cache keys"));
+    out.values.push_back(vals.at(i).is_none() ? at::Tensor() : vals.at(i).as_tensor("cache values"));
+  }
+  return out;
 }
 
 }  // namespace qvl::text
@@ -289,17 +324,37 @@ at::Tensor embed_inputs(const Weights& w, const Inputs& in, const ModelConfig& c
   return embeds;
 }
 
-ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec) {
-  RecordScope rs(rec, w.path(), "Qwen2_5_VLModel", [&] {
-    return Value::dict({{"input_ids", Value::of(in.input_ids)}});
-  });
+namespace {
+// The step inputs a generate-phase call is recorded with (for the chained comparison of generate).
+Value step_inputs(const Inputs& in) {
+  std::vector<std::pair<std::string, Value>> kv{{"input_ids", Value::of(in.input_ids)}};
+  if (in.attention_mask.defined()) kv.emplace_back("attention_mask", Value::of(in.attention_mask));
+  if (in.position_ids.defined()) kv.emplace_back("position_ids", Value::of(in.position_ids));
+  kv.emplace_back("rope_deltas_state", in.rope_deltas.defined() ? Value::of(in.rope_deltas) : Value::none());
+  return Value::dict(std::move(kv));
+}
+Value optional(const at::Tensor& t) { return t.defined() ? Value::of(t) : Value::none(); }
+}  // namespace
+
+ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec, text::KVCache* cache) {
+  RecordScope rs(rec, w.path(), "Qwen2_5_VLModel", [&] { return step_inputs(in); });
   const Weights lm = w.at("language_model");
   at::Tensor embeds = embed_inputs(w, in, c, rec);
-  // compute_3d_position_ids: get_rope_index when input_ids, mm_token_type_ids and a grid are present
   ModelOutput out;
+  out.rope_deltas = in.rope_deltas;  // HF returns self.rope_deltas: the state, unless get_rope_index resets it
   at::Tensor position_ids;
-  if (c.text_rope.kind == rope::TextRope::Kind::MRope && in.mm_token_type_ids.defined() &&
-      (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
+  const int64_t past = cache ? cache->length() : 0;
+  const bool can_mrope = in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined());
+  if (in.position_ids.defined()) {
+    if (c.text_rope.kind != rope::TextRope::Kind::MRope)
+      throw std::runtime_error("model::forward: explicit position_ids with a Circle-RoPE/AGE plan are not supported");
+    // generate's [4, B, T]: row 0 holds the text positions (HF: packed-sequence masks only), rows 1-3 M-RoPE
+    if (in.position_ids.dim() != 3 || (in.position_ids.size(0) != 3 && in.position_ids.size(0) != 4))
+      throw std::runtime_error("model::forward: position_ids must be [3, B, T] or [4, B, T], got " +
+                               shape_str(in.position_ids.sizes()));
+    position_ids = in.position_ids.size(0) == 4 ? in.position_ids.slice(0, 1) : in.position_ids;
+  } else if (c.text_rope.kind == rope::TextRope::Kind::MRope && can_mrope && (!in.rope_deltas.defined() || past == 0)) {
+    // compute_3d_position_ids: get_rope_index when input_ids, mm_token_type_ids and a grid are present
     RecordScope ri(rec, w.path().empty() ? "get_rope_index" : w.path() + ".get_rope_index", "get_rope_index",
                    [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); }, "{\"kind\": \"function\"}");
     RopeIndex idx = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
@@ -307,31 +362,49 @@ ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Re
     ri.done(Value::tuple({Value::of(idx.position_ids), Value::of(idx.deltas)}));
     position_ids = idx.position_ids;
     out.rope_deltas = idx.deltas;
+  } else if (c.text_rope.kind == rope::TextRope::Kind::MRope && in.rope_deltas.defined() && past > 0) {
+    // the cached rope_deltas: positions (mask cumsum - 1, 0 at padding; or arange(past, past + T)) + delta
+    const int64_t B = embeds.size(0), T = embeds.size(1);
+    at::Tensor p;
+    if (in.attention_mask.defined()) {
+      at::Tensor m = in.attention_mask.to(at::kLong);
+      p = (m.cumsum(-1) - 1).masked_fill(m.eq(0), 0);
+    } else {
+      p = (at::arange(T, at::kLong) + past).view({1, -1}).expand({B, -1});
+    }
+    at::Tensor delta = in.rope_deltas.to(at::kLong).repeat_interleave(B / in.rope_deltas.size(0), 0);  // [B, 1]
+    position_ids = (p.unsqueeze(0).expand({3, B, -1}) + delta.unsqueeze(0)).to(embeds.device());
   }
   if (c.text_rope.kind != rope::TextRope::Kind::MRope) {
     // A Circle-RoPE / AGE plan (qvl plug-in, not an HF path): per-layer positions.
     PlannedRope pr = plan_rope(in, in.attention_mask, c, rec, w.path());
     out.rope_deltas = pr.rope_deltas;
-    out.last_hidden_state = text::text_model(lm, embeds, in.attention_mask, pr.plan, c.text, rec);
+    out.last_hidden_state = text::text_model(lm, embeds, in.attention_mask, pr.plan, c.text, rec, cache);
   } else {
-    out.last_hidden_state = text::text_model(lm, embeds, in.attention_mask, position_ids, c.text, rec);
+    out.last_hidden_state = text::text_model(lm, embeds, in.attention_mask, position_ids, c.text, rec, cache);
   }
-  rs.done(Value::dict({{"last_hidden_state", Value::of(out.last_hidden_state)},
-                       {"rope_deltas", out.rope_deltas.defined() ? Value::of(out.rope_deltas) : Value::none()}}));
+  std::vector<std::pair<std::string, Value>> done{{"last_hidden_state", Value::of(out.last_hidden_state)}};
+  if (cache) done.emplace_back("past_key_values", text::cache_value(*cache, c.text.num_hidden_layers));
+  done.emplace_back("rope_deltas", optional(out.rope_deltas));
+  rs.done(Value::dict(std::move(done)));
   return out;
 }
 
-LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c, Recorder* rec) {
-  RecordScope rs(rec, root.path(), "Qwen2_5_VLForConditionalGeneration", [&] {
-    return Value::dict({{"input_ids", Value::of(in.input_ids)}});
-  });
-  ModelOutput mo = forward(root.at("model"), in, c, rec);
-  RecordScope ls(rec, "lm_head", "Linear", [&] { return Value::dict({{"arg0", Value::of(mo.last_hidden_state)}}); });
-  LMOutput out{linear(root.at("lm_head"), mo.last_hidden_state, /*bias=*/false, c.text.vocab_size, c.text.hidden_size),
-               mo.rope_deltas};
+LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c, Recorder* rec, text::KVCache* cache,
+                    int64_t logits_to_keep) {
+  RecordScope rs(rec, root.path(), "Qwen2_5_VLForConditionalGeneration", [&] { return step_inputs(in); });
+  ModelOutput mo = forward(root.at("model"), in, c, rec, cache);
+  // slice_indices = slice(-logits_to_keep, None); logits = lm_head(hidden_states[:, slice_indices, :])
+  const int64_t T = mo.last_hidden_state.size(1);
+  at::Tensor h = logits_to_keep > 0 ? mo.last_hidden_state.slice(1, std::max<int64_t>(0, T - logits_to_keep))
+                                    : mo.last_hidden_state;
+  RecordScope ls(rec, "lm_head", "Linear", [&] { return Value::dict({{"arg0", Value::of(h)}}); });
+  LMOutput out{linear(root.at("lm_head"), h, /*bias=*/false, c.text.vocab_size, c.text.hidden_size), mo.rope_deltas};
   ls.done(Value::of(out.logits));
-  rs.done(Value::dict({{"logits", Value::of(out.logits)},
-                       {"rope_deltas", out.rope_deltas.defined() ? Value::of(out.rope_deltas) : Value::none()}}));
+  std::vector<std::pair<std::string, Value>> done{{"logits", Value::of(out.logits)}};
+  if (cache) done.emplace_back("past_key_values", text::cache_value(*cache, c.text.num_hidden_layers));
+  done.emplace_back("rope_deltas", optional(out.rope_deltas));
+  rs.done(Value::dict(std::move(done)));
   return out;
 }
 
@@ -396,45 +469,72 @@ at::Tensor last_logits(const Weights& root, const at::Tensor& h, const ModelConf
 }
 }  // namespace
 
-DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c) {
+DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c, Recorder* rec) {
   const Weights w = root.at("model");
   const Weights lm = w.at("language_model");
   const int64_t B = in.input_ids.size(0), T = in.input_ids.size(1);
   DecodeState s;
   s.attention_mask = in.attention_mask.defined() ? in.attention_mask.to(at::kLong) : at::ones({B, T}, at::kLong);
-  // The prompt's rope plan, and per source the position its successor is one past.
-  PlannedRope pr;
   if (c.text_rope.kind != rope::TextRope::Kind::MRope) {
-    pr = plan_rope(in, s.attention_mask, c);
-  } else {
-    // _prepare_position_ids_for_generation: get_rope_index with vision inputs, else the attention-mask
-    // positions (cumsum - 1, 0 at padding) on all three rows.
-    at::Tensor pos;
-    if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
-      pos = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
-                           in.second_per_grid_ts, s.attention_mask, c).position_ids;
-    } else {
-      at::Tensor p = (s.attention_mask.cumsum(-1) - 1).masked_fill(s.attention_mask.eq(0), 0);
-      pos = p.unsqueeze(0).expand({3, B, T}).contiguous();
-    }
-    pr.plan = {{pos}, {""}, std::vector<int64_t>(c.text.num_hidden_layers, 0)};
-    pr.last = {pos.slice(2, pos.size(2) - 1)};  // generate: each step is the previous position + 1
+    // The prompt's rope plan, and per source the position its successor is one past.
+    PlannedRope pr = plan_rope(in, s.attention_mask, c);
+    at::Tensor embeds = embed_inputs(w, in, c);
+    at::Tensor h = text::text_model(lm, embeds, s.attention_mask, pr.plan, c.text, nullptr, &s.cache);
+    s.plan = pr.plan;
+    s.plan.positions = pr.last;
+    s.positions = s.plan.positions[s.plan.layer_source[0]];
+    s.logits = last_logits(root, h, c);
+    return s;
   }
-  at::Tensor embeds = embed_inputs(w, in, c);
-  at::Tensor h = text::text_model(lm, embeds, s.attention_mask, pr.plan, c.text, nullptr, &s.cache);
-  s.plan = pr.plan;
-  s.plan.positions = pr.last;
-  s.positions = s.plan.positions[s.plan.layer_source[0]];
-  s.logits = last_logits(root, h, c);
+  // _prepare_position_ids_for_generation: text positions = attention-mask cumsum - 1 (0 at padding); the
+  // M-RoPE rows from get_rope_index with vision inputs (which sets the model's rope_deltas), else the text
+  // positions on all three rows and rope_deltas = 0. generate passes cat(text, M-RoPE rows): [4, B, T].
+  at::Tensor text_pos = (s.attention_mask.cumsum(-1) - 1).masked_fill(s.attention_mask.eq(0), 0);
+  at::Tensor mpos;
+  if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
+    RecordScope ri(rec, "get_rope_index", "get_rope_index", [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); },
+                   "{\"kind\": \"function\"}");
+    RopeIndex idx = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
+                                   in.second_per_grid_ts, s.attention_mask, c);
+    ri.done(Value::tuple({Value::of(idx.position_ids), Value::of(idx.deltas)}));
+    mpos = idx.position_ids;
+    s.rope_deltas = idx.deltas;
+  } else {
+    mpos = text_pos.unsqueeze(0).expand({3, B, T});
+    s.rope_deltas = at::zeros({B, 1}, at::kLong);
+  }
+  Inputs step = in;
+  step.attention_mask = s.attention_mask;
+  step.position_ids = at::cat({text_pos.unsqueeze(0), mpos.to(text_pos.device())}, 0);  // [4, B, T]
+  step.rope_deltas = s.rope_deltas;
+  LMOutput o = lm_forward(root, step, c, rec, &s.cache, /*logits_to_keep=*/1);
+  s.generate_positions = step.position_ids.slice(2, T - 1);  // each step is the previous position + 1
+  s.positions = s.generate_positions.slice(0, 1);
+  s.plan = {{s.positions}, {""}, std::vector<int64_t>(c.text.num_hidden_layers, 0)};
+  s.logits = o.logits.select(1, 0).to(at::kFloat);
   return s;
 }
 
 void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, const ModelConfig& c,
-                 const at::Tensor& positions) {
+                 const at::Tensor& positions, Recorder* rec) {
   const Weights lm = root.at("model.language_model");
   const int64_t B = tokens.size(0);
   // _update_model_kwargs_for_generation: the mask grows by one; positions are the last ones + 1 (all rows)
   s.attention_mask = at::cat({s.attention_mask, at::ones({B, 1}, at::kLong)}, -1);
+  if (s.generate_positions.defined()) {
+    // stock M-RoPE: the model's own step, as generate runs it (the cached rope_deltas ride along as state)
+    s.generate_positions = s.generate_positions + 1;
+    if (positions.defined()) s.generate_positions = at::cat({s.generate_positions.slice(0, 0, 1), positions}, 0);
+    s.positions = s.generate_positions.slice(0, 1);
+    s.plan.positions = {s.positions};
+    Inputs step;
+    step.input_ids = tokens.unsqueeze(1);  // [B, 1]
+    step.attention_mask = s.attention_mask;
+    step.position_ids = s.generate_positions;
+    step.rope_deltas = s.rope_deltas;
+    s.logits = lm_forward(root, step, c, rec, &s.cache, /*logits_to_keep=*/1).logits.select(1, 0).to(at::kFloat);
+    return;
+  }
   at::Tensor e = at::embedding(lm.tensor("embed_tokens.weight"), tokens.unsqueeze(1));  // [B, 1, D]
   // every position source advances by one (its own delta, or the Circle delta under parity_decode)
   for (auto& p : s.plan.positions) p = p + 1;
@@ -445,8 +545,8 @@ void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, 
 }
 
 at::Tensor generate(const Weights& root, const Inputs& in, const ModelConfig& c, const GenerateOptions& opt,
-                    const std::function<void(int64_t, const at::Tensor&)>& on_token) {
-  DecodeState s = prefill(root, in, c);
+                    const std::function<void(int64_t, const at::Tensor&)>& on_token, Recorder* rec) {
+  DecodeState s = prefill(root, in, c, rec);
   const int64_t B = in.input_ids.size(0);
   const int64_t pad = opt.pad_token_id >= 0 ? opt.pad_token_id : (opt.eos_token_ids.empty() ? 0 : opt.eos_token_ids[0]);
   at::Tensor unfinished = at::ones({B}, at::kLong);
@@ -458,7 +558,7 @@ at::Tensor generate(const Weights& root, const Inputs& in, const ModelConfig& c,
     if (on_token) on_token(step, next);
     for (int64_t e : opt.eos_token_ids) unfinished = unfinished * next.ne(e).to(at::kLong);
     if (unfinished.max().item<int64_t>() == 0 || step + 1 == opt.max_new_tokens) break;
-    decode_step(root, s, next, c);
+    decode_step(root, s, next, c, {}, rec);
   }
   return at::stack(out, 1);
 }

@@ -19,6 +19,12 @@ struct KVCache {
   std::vector<at::Tensor> keys, values;
   int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
 };
+// A cache as a recorded value (DESIGN.md §3): a dict of type "DynamicCache" with `keys` and `values`, one
+// entry per layer (None where a layer is still empty), as the reference recorder snapshots HF's cache.
+//   layers: how many entries to write (HF's cache has one per decoder layer from the start)
+Value cache_value(const KVCache& cache, int64_t layers);
+// The inverse; an error names what is malformed (not a dict, lists of different lengths, ...).
+KVCache cache_from_value(const Value& v);
 
 // Mirrors Qwen2_5_VLRotaryEmbedding.forward(x, position_ids) of transformers 5.x: M-RoPE cos/sin with
 // the mrope_section recomposition already applied (4.x did it in apply_multimodal_rotary_pos_emb).
@@ -113,6 +119,12 @@ struct Inputs {
   at::Tensor mm_token_type_ids;
   at::Tensor pixel_values, image_grid_thw;
   at::Tensor pixel_values_videos, video_grid_thw, second_per_grid_ts;
+  // What generate passes besides the above (undefined in a plain forward):
+  // position_ids: [3, B, T], or as generate passes them [4, B, T] with the text positions (attention-mask
+  //   cumsum) in row 0, which HF uses only to detect packed sequences in the mask; rows 1-3 are M-RoPE.
+  // rope_deltas: Qwen2_5_VLModel.rope_deltas, the state HF keeps on the module (set by get_rope_index at
+  //   the prefill, read by every later step), here an explicit input; forward returns it as HF does.
+  at::Tensor position_ids, rope_deltas;
 };
 
 // The input embeddings: embed_tokens(input_ids), with the vision tower's image and video features
@@ -127,14 +139,21 @@ struct ModelOutput {
   at::Tensor last_hidden_state;  // [B, T, D]
   at::Tensor rope_deltas;        // [B, 1], undefined for text-only input
 };
-ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr);
+// compute_3d_position_ids when in.position_ids is undefined: get_rope_index if there are vision grids and
+// (no rope_deltas state or no past); else, with a state and a past, the attention-mask positions (or
+// arange(past, past + T)) + rope_deltas; else none (the text model's arange). With `cache` (DynamicCache),
+// the new keys/values are appended and the past length is cache->length().
+ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr,
+                    text::KVCache* cache = nullptr);
 
 // Mirrors Qwen2_5_VLForConditionalGeneration.forward (logits_to_keep = 0): logits = lm_head(hidden).
 //   logits [B, T, V] in the model dtype. Weights: the root (model.*, lm_head.weight).
 struct LMOutput {
   at::Tensor logits, rope_deltas;
 };
-LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr);
+// logits_to_keep > 0: lm_head on the last logits_to_keep positions only (hidden_states[:, -k:]).
+LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr,
+                    text::KVCache* cache = nullptr, int64_t logits_to_keep = 0);
 
 // Greedy generation with a KV cache, as transformers 5.x `generate(do_sample=False)` does it:
 // - prefill: the full model on the prompt with M-RoPE positions from get_rope_index (text-only prompts: the
@@ -149,15 +168,20 @@ struct DecodeState {
   text::KVCache cache;
   at::Tensor attention_mask;  // [B, past + T] int64
   at::Tensor positions;       // [3, B, 1]: the last token's position on each row (layer 0's source)
+  at::Tensor generate_positions;  // stock M-RoPE: [4, B, 1], the last position_ids generate passed (row 0 text)
+  at::Tensor rope_deltas;         // stock M-RoPE: the model's rope_deltas state [B, 1]
   at::Tensor logits;          // [B, V] float32 logits of the last position
   // The rope plan with, per source, the last position; each step advances every source by one. The stock
   // model has one source (M-RoPE); a Circle/AGE plan (ModelConfig::text_rope) has one or two.
   text::RopePlan plan;
 };
-DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c);
+// With `rec`, the stock model records what transformers' generate runs, call for call: its own
+// get_rope_index (root path), then Qwen2_5_VLForConditionalGeneration with the cache, 4-row position_ids
+// and logits_to_keep = 1 (DESIGN.md §6: the chained run of a generate-phase recording).
+DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr);
 // Appends `tokens` [B] at `positions` [3, B, 1] (undefined: the previous positions + 1, as generate does).
 void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, const ModelConfig& c,
-                 const at::Tensor& positions = {});
+                 const at::Tensor& positions = {}, Recorder* rec = nullptr);
 
 // The text model's rope plan for a prompt, from ModelConfig::text_rope (functional/rope/rope_config.h):
 // stock M-RoPE (one source, transformers' get_rope_index), or Circle-RoPE positions (rope::circle::
@@ -178,6 +202,6 @@ struct GenerateOptions {
   int64_t pad_token_id = -1;  // -1: the first eos id, as generate does when pad_token_id is None
 };
 at::Tensor generate(const Weights& root, const Inputs& in, const ModelConfig& c, const GenerateOptions& opt,
-                    const std::function<void(int64_t, const at::Tensor&)>& on_token = {});
+                    const std::function<void(int64_t, const at::Tensor&)>& on_token = {}, Recorder* rec = nullptr);
 
 }  // namespace qvl::model

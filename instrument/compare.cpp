@@ -22,7 +22,20 @@ std::map<std::string, std::string> chained_attrs(const Recording& ref) {
 size_t record_model_chained(const Weights& root, const ModelConfig& cfg, const Recording& ref,
                             const std::string& out_path) {
   RecordingWriter writer(out_path, chained_attrs(ref));
-  model::lm_forward(root, recorded_model_inputs(ref), cfg, &writer);
+  const model::Inputs prompt = recorded_model_inputs(ref);
+  model::lm_forward(root, prompt, cfg, &writer);
+  std::vector<size_t> steps;  // the top-level call of each recorded generate step, in order
+  for (size_t i = 0; i < ref.calls().size(); ++i) {
+    const CallHeader& h = ref.calls()[i];
+    if (h.generate_step >= 0 && h.parent < 0 && h.module_class == "Qwen2_5_VLForConditionalGeneration") steps.push_back(i);
+  }
+  if (!steps.empty()) {
+    model::DecodeState s = model::prefill(root, prompt, cfg, &writer);
+    for (size_t k = 1; k < steps.size(); ++k) {
+      const at::Tensor ids = ref.load(steps[k]).input("input_ids").as_tensor("input_ids");  // [B, 1]
+      model::decode_step(root, s, ids.select(1, 0), cfg, {}, &writer);
+    }
+  }
   writer.close();
   return writer.size();
 }

@@ -35,6 +35,10 @@ size_t record_vision_chained(const Weights& root, const ModelConfig& cfg, const 
 
 // The chained run of the whole model (Qwen2_5_VLForConditionalGeneration) from the recording's token ids
 // and pixel values, recorded to `out_path`. Returns the number of calls recorded.
+// If `ref` holds a recorded generate (--record-decode), the run goes on with our prefill and decode steps
+// (model::prefill / decode_step, KV cache, our positions, masks and rope_deltas state), fed the token ids
+// transformers fed at each step (teacher forcing: a token difference cannot hide a later divergence, and
+// token identity is checked on its own), so every step compares module by module.
 size_t record_model_chained(const Weights& root, const ModelConfig& cfg, const Recording& ref,
                             const std::string& out_path);
 

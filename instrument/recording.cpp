@@ -54,6 +54,9 @@ Recording Recording::open(const std::string& path) {
     h.call_index = h5::attr_int(g.id(), "call_index", here);
     h.parent = h5::attr_int(g.id(), "parent", here);
     h.settings = h5::has_attr(g.id(), "settings") ? h5::attr_str(g.id(), "settings", here) : "{}";
+    auto st = nlohmann::json::parse(h.settings, nullptr, false);
+    if (st.is_object() && st.contains("generate_step") && st["generate_step"].is_number_integer())
+      h.generate_step = st["generate_step"].get<int64_t>();
     r.headers_.push_back(std::move(h));
   }
   return r;

@@ -20,6 +20,8 @@ struct CallHeader {
   int64_t call_index = 0;    // n-th call of this path
   int64_t parent = -1;       // seq of the enclosing call
   std::string settings;      // JSON text
+  int64_t generate_step = -1;  // settings.generate_step: 0 = generate's prefill, k = its k-th decode step;
+                               // -1 for a call outside generate (the plain forward pass)
 };
 
 struct RecordedCall {

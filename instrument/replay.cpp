@@ -66,8 +66,32 @@ model::Inputs inputs_of_call(const RecordedCall& c) {
   in.pixel_values_videos = opt("pixel_values_videos");
   in.video_grid_thw = opt("video_grid_thw");
   in.second_per_grid_ts = opt("second_per_grid_ts");
+  in.position_ids = opt("position_ids");
+  in.rope_deltas = opt("rope_deltas_state");
   return in;
 }
+
+namespace {
+// A generate-phase call's KV cache (the recorded DynamicCache before the call), or none.
+bool recorded_cache(const RecordedCall& c, text::KVCache& cache) {
+  if (!c.inputs.has("past_key_values") || c.inputs.at("past_key_values").is_none()) return false;
+  cache = text::cache_from_value(c.inputs.at("past_key_values"));
+  return true;
+}
+
+// The layer a cached attention / decoder-layer call writes to (settings.layer_idx, from the recorder).
+int64_t layer_index(const RecordedCall& c) {
+  auto s = nlohmann::json::parse(c.header.settings, nullptr, false);
+  if (!s.is_object() || !s.contains("layer_idx"))
+    throw std::runtime_error("a cached call of '" + c.header.module_path + "' has no settings.layer_idx (re-record it)");
+  return s["layer_idx"].get<int64_t>();
+}
+
+// HF's outputs for a call that ran with a cache: the cache after the call rides along.
+void add_cache(std::vector<std::pair<std::string, Value>>& out, const text::KVCache* cache, const ModelConfig& cfg) {
+  if (cache) out.emplace_back("past_key_values", text::cache_value(*cache, cfg.text.num_hidden_layers));
+}
+}  // namespace
 
 model::Inputs recorded_model_inputs(const Recording& rec) {
   for (const char* cls : {"Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"})
@@ -150,19 +174,33 @@ Registry Registry::defaults() {
                                              cfg.text.fused);
     return Value::tuple({Value::of(q), Value::of(k)});
   });
+  // A decode step's call carries the cache as it was before the call; the cache is appended to as in HF.
   r.set("Qwen2_5_VLAttention", [cos_sin, opt](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
-    auto o = text::attention(w, c.input("hidden_states", 0).as_tensor(), opt(c, "attention_mask"), cos_sin(c), cfg.text);
+    text::KVCache cache;
+    const bool cached = recorded_cache(c, cache);
+    auto o = text::attention(w, c.input("hidden_states", 0).as_tensor(), opt(c, "attention_mask"), cos_sin(c), cfg.text,
+                             nullptr, cached ? &cache : nullptr, cached ? layer_index(c) : 0);
     return Value::tuple({Value::of(o.out), Value::of(o.weights)});
   });
   r.set("Qwen2_5_VLDecoderLayer", [cos_sin, opt](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    text::KVCache cache;
+    const bool cached = recorded_cache(c, cache);
     return Value::of(text::decoder_layer(w, c.input("hidden_states", 0).as_tensor(), opt(c, "attention_mask"),
-                                         cos_sin(c), cfg.text));
+                                         cos_sin(c), cfg.text, nullptr, cached ? &cache : nullptr,
+                                         cached ? layer_index(c) : 0));
   });
   r.set("Qwen2_5_VLTextModel", [opt](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     at::Tensor embeds = opt(c, "inputs_embeds");
     if (!embeds.defined()) embeds = at::embedding(w.tensor("embed_tokens.weight"), c.input("input_ids", 0).as_tensor());
-    at::Tensor h = text::text_model(w, embeds, opt(c, "attention_mask"), opt(c, "position_ids"), cfg.text);
-    return Value::dict({{"last_hidden_state", Value::of(h)}});
+    // generate passes [4, B, T]: row 0 (text positions) only shapes packed-sequence masks in HF
+    at::Tensor pos = opt(c, "position_ids");
+    if (pos.defined() && pos.dim() == 3 && pos.size(0) == 4) pos = pos.slice(0, 1);
+    text::KVCache cache;
+    const bool cached = recorded_cache(c, cache);
+    at::Tensor h = text::text_model(w, embeds, opt(c, "attention_mask"), pos, cfg.text, nullptr, cached ? &cache : nullptr);
+    std::vector<std::pair<std::string, Value>> out{{"last_hidden_state", Value::of(h)}};
+    add_cache(out, cached ? &cache : nullptr, cfg);
+    return Value::dict(std::move(out));
   });
   r.set("get_rope_index", [opt](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
     auto ri = model::get_rope_index(c.input("input_ids", 0).as_tensor(), c.input("mm_token_type_ids", 1).as_tensor(),
@@ -178,14 +216,23 @@ Registry Registry::defaults() {
   });
   auto inputs_of = [](const RecordedCall& c) { return inputs_of_call(c); };
   r.set("Qwen2_5_VLModel", [inputs_of](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
-    auto o = model::forward(w, inputs_of(c), cfg);
-    return Value::dict({{"last_hidden_state", Value::of(o.last_hidden_state)},
-                        {"rope_deltas", o.rope_deltas.defined() ? Value::of(o.rope_deltas) : Value::none()}});
+    text::KVCache cache;
+    const bool cached = recorded_cache(c, cache);
+    auto o = model::forward(w, inputs_of(c), cfg, nullptr, cached ? &cache : nullptr);
+    std::vector<std::pair<std::string, Value>> out{{"last_hidden_state", Value::of(o.last_hidden_state)}};
+    add_cache(out, cached ? &cache : nullptr, cfg);
+    out.emplace_back("rope_deltas", o.rope_deltas.defined() ? Value::of(o.rope_deltas) : Value::none());
+    return Value::dict(std::move(out));
   });
   r.set("Qwen2_5_VLForConditionalGeneration", [inputs_of](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
-    auto o = model::lm_forward(w, inputs_of(c), cfg);
-    return Value::dict({{"logits", Value::of(o.logits)},
-                        {"rope_deltas", o.rope_deltas.defined() ? Value::of(o.rope_deltas) : Value::none()}});
+    text::KVCache cache;
+    const bool cached = recorded_cache(c, cache);
+    const int64_t keep = c.inputs.has("logits_to_keep") ? c.inputs.at("logits_to_keep").as_int("logits_to_keep") : 0;
+    auto o = model::lm_forward(w, inputs_of(c), cfg, nullptr, cached ? &cache : nullptr, keep);
+    std::vector<std::pair<std::string, Value>> out{{"logits", Value::of(o.logits)}};
+    add_cache(out, cached ? &cache : nullptr, cfg);
+    out.emplace_back("rope_deltas", o.rope_deltas.defined() ? Value::of(o.rope_deltas) : Value::none());
+    return Value::dict(std::move(out));
   });
   return r;
 }

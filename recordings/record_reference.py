@@ -37,6 +37,7 @@ import torch
 
 import transformers
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.cache_utils import Cache
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf_mod
 
 FORMAT_VERSION = 1
@@ -264,10 +265,28 @@ class Call:
     has_outputs: bool = False
 
 
+def cache_layers(cache):
+    """(keys, values) per layer of a transformers Cache (5.x: cache.layers[i].keys/.values); None for a
+    layer not yet written (lazy initialisation)."""
+    out = []
+    for layer in cache.layers:
+        if not getattr(layer, "is_initialized", False) or layer.keys is None:
+            out.append((None, None))
+        else:
+            out.append((layer.keys, layer.values))
+    return out
+
+
 def snapshot(value):
-    """Detach and clone every tensor inside a nested value (inputs may be mutated later)."""
+    """Detach and clone every tensor inside a nested value (inputs may be mutated later). A KV cache is
+    mutated in place by every attention call, so it is snapshotted by value: a dict of type DynamicCache
+    with `keys` and `values`, one entry per layer (None where the layer is still empty)."""
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu").clone()
+    if isinstance(value, Cache):
+        kv = cache_layers(value)
+        return {"__type__": type(value).__name__, "keys": [snapshot(k) for k, _ in kv],
+                "values": [snapshot(v) for _, v in kv]}
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
         return tuple(snapshot(v) for v in value)
     if isinstance(value, list):
@@ -281,9 +300,17 @@ def snapshot(value):
 
 
 def upcast(value):
-    """Floating tensors to float32 (the shadow call's inputs); everything else unchanged."""
+    """Floating tensors to float32 (the shadow call's inputs); everything else unchanged. A KV cache
+    becomes a float32 deep copy: the shadow module appends to its own cache, never to the real one."""
     if isinstance(value, torch.Tensor):
         return value.float() if value.is_floating_point() else value
+    if isinstance(value, Cache):
+        shadow = copy.deepcopy(value)
+        for layer in shadow.layers:
+            if getattr(layer, "is_initialized", False) and layer.keys is not None:
+                layer.keys, layer.values = layer.keys.float(), layer.values.float()
+                layer.dtype = torch.float32
+        return shadow
     if isinstance(value, tuple):
         return tuple(upcast(v) for v in value)
     if isinstance(value, list):
@@ -316,6 +343,10 @@ class Recorder:
         self.fullatt = set(fullatt)
         self.handles = []
         self.originals = {}
+        # While recording transformers' generate: every call gets settings["generate_step"], 0 for the
+        # prefill (and generate's own get_rope_index before it), k for the k-th decode step.
+        self.generating = False
+        self.top_level_forwards = 0
 
     @contextlib.contextmanager
     def suspend(self):
@@ -326,6 +357,10 @@ class Recorder:
             self.suspended -= 1
 
     def begin(self, path: str, cls: str, inputs: dict, settings: dict) -> Call:
+        if self.generating:
+            if not self.stack and cls == "Qwen2_5_VLForConditionalGeneration":
+                self.top_level_forwards += 1
+            settings = {**settings, "generate_step": max(0, self.top_level_forwards - 1)}
         idx = self.counts.get(path, 0)
         self.counts[path] = idx + 1
         call = Call(seq=len(self.calls), module_path=path, module_class=cls, call_index=idx,
@@ -359,7 +394,21 @@ class Recorder:
                 s["num_segments"] = int(cu.numel() - 1)
         if cls == "Qwen2_5_VLAttention":
             s["layer_idx"] = int(module.layer_idx)
+        if cls == "Qwen2_5_VLDecoderLayer":
+            s["layer_idx"] = int(module.self_attn.layer_idx)
         return s
+
+    @staticmethod
+    def state_inputs(module) -> dict:
+        """Module state a call reads besides its arguments, recorded as extra inputs so that a replay can
+        pass it explicitly: Qwen2_5_VLModel.rope_deltas (set by get_rope_index at the prefill and read back
+        by every later call; the model returns it as `rope_deltas`)."""
+        cls = type(module).__name__
+        if cls == "Qwen2_5_VLModel":
+            return {"rope_deltas_state": module.rope_deltas}
+        if cls == "Qwen2_5_VLForConditionalGeneration":
+            return {"rope_deltas_state": module.model.rope_deltas}
+        return {}
 
     def hook_module(self, path: str, module) -> None:
         cls = type(module).__name__
@@ -370,17 +419,21 @@ class Recorder:
                 return None
             inputs = {f"arg{i}": a for i, a in enumerate(args)}
             inputs.update(kwargs)
-            pending.append(self.begin(path, cls, inputs, self.settings_for(path, mod, args, kwargs)))
+            inputs.update(self.state_inputs(mod))
+            call = self.begin(path, cls, inputs, self.settings_for(path, mod, args, kwargs))
+            # The shadow's inputs are taken now: the call itself appends to a KV cache in place.
+            shadow_inputs = (upcast(args), upcast(kwargs)) if self.shadow_modules is not None else None
+            pending.append((call, shadow_inputs))
             return None
 
         def post(mod, args, kwargs, output):
             if self.suspended:
                 return None
-            call = pending.pop()
+            call, shadow_inputs = pending.pop()
             shadow_fn = None
-            if self.shadow_modules is not None:
+            if shadow_inputs is not None:
                 shadow = self.shadow_modules[path]
-                shadow_fn = lambda: shadow(*upcast(args), **upcast(kwargs))  # noqa: E731
+                shadow_fn = lambda: shadow(*shadow_inputs[0], **shadow_inputs[1])  # noqa: E731
             self.end(call, output, shadow_fn)
             return None
 
@@ -550,6 +603,36 @@ def write_recording(path: str, calls: list[Call], root_attrs: dict) -> None:
         raise
 
 
+def chain_generate_steps(shadow, rec: "Recorder", fullatt) -> None:
+    """The chained noise floor of a recorded generate (bf16): the float32 model replays every recorded
+    step -- the same prompt, then the same tokens, positions, masks and rope_deltas state that generate fed
+    the bf16 model (teacher forcing) -- with its own float32 cache. Its outputs become outputs_fp32_chain
+    of the generate-phase calls, matched by (module path, call index)."""
+    steps = [c for c in rec.calls if "generate_step" in c.settings and c.module_path == ""
+             and c.module_class == "Qwen2_5_VLForConditionalGeneration"]
+    chain = Recorder(shadow, None, fullatt=fullatt)
+    # call indices continue after the forward pass's calls, as in `rec`
+    for c in rec.calls:
+        if "generate_step" not in c.settings:
+            chain.counts[c.module_path] = chain.counts.get(c.module_path, 0) + 1
+    chain.install()
+    cache = None
+    try:
+        with torch.no_grad():
+            for step in steps:
+                kwargs = {k: upcast(v) for k, v in step.inputs.items() if k not in ("rope_deltas_state", "past_key_values")}
+                shadow.model.rope_deltas = step.inputs["rope_deltas_state"]
+                out = shadow(**kwargs, past_key_values=cache)
+                cache = out.past_key_values
+    finally:
+        chain.uninstall()
+    by_key = {(c.module_path, c.call_index): c for c in chain.calls}
+    for c in rec.calls:
+        m = by_key.get((c.module_path, c.call_index)) if "generate_step" in c.settings else None
+        if m is not None and has_float_tensor(m.outputs):
+            c.outputs_fp32_chain = m.outputs
+
+
 def config_json(config) -> str:
     """The full config as JSON, without fields that depend on where the checkpoint sits on disk."""
     d = config.to_dict()
@@ -559,6 +642,8 @@ def config_json(config) -> str:
 
 
 def cmd_record(args: argparse.Namespace) -> None:
+    if args.record_decode and args.generate <= 0:
+        raise SystemExit("record: --record-decode needs --generate N (N > 0)")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
@@ -670,15 +755,32 @@ def cmd_record(args: argparse.Namespace) -> None:
     generation = None
     if args.generate > 0:
         # transformers' own greedy generate with a KV cache (no hooks), on the same inputs.
+        # With --record-decode the hooks stay on: the prefill and every decode step are recorded call by
+        # call (the KV cache by value, generate's own get_rope_index and position ids as they are passed).
         model.model.rope_deltas = None
         gen_kwargs = {k: v for k, v in kwargs.items() if k != "use_cache"}
-        with torch.no_grad():
-            seq = model.generate(**gen_kwargs, max_new_tokens=args.generate, do_sample=False, use_cache=True)
+        n_before = len(rec.calls)
+        if args.record_decode:
+            rec.generating = True
+            rec.install()
+        try:
+            with torch.no_grad():
+                seq = model.generate(**gen_kwargs, max_new_tokens=args.generate, do_sample=False, use_cache=True)
+        finally:
+            if args.record_decode:
+                rec.uninstall()
+                rec.generating = False
+        if args.record_decode:
+            log(f"generate: recorded {len(rec.calls) - n_before} calls over {rec.top_level_forwards} forward passes "
+                "(prefill + decode steps)")
         gc = model.generation_config
         eos = gc.eos_token_id if isinstance(gc.eos_token_id, list) else ([gc.eos_token_id] if gc.eos_token_id is not None else [])
         generation = {"new_tokens": seq[:, input_ids.shape[1]:].tolist(), "max_new_tokens": args.generate,
-                      "eos_token_id": eos, "pad_token_id": gc.pad_token_id}
+                      "eos_token_id": eos, "pad_token_id": gc.pad_token_id,
+                      "recorded_steps": rec.top_level_forwards if args.record_decode else 0}
         log(f"generate: {len(generation['new_tokens'][0])} new tokens: {generation['new_tokens'][0][:16]}...")
+        if args.record_decode and shadow is not None:
+            chain_generate_steps(shadow, rec, fullatt)
 
     depth = config.vision_config.depth
     # Window facts per grid: padding (a grid side not a multiple of the window) makes uneven windows.
@@ -750,6 +852,9 @@ def main(argv=None) -> None:
                     help="make a left-padded batch of 2: row 1 drops the first K tokens and is padded on the left")
     rc.add_argument("--generate", type=int, default=0, metavar="N",
                     help="also run transformers' greedy generate for N new tokens and store the token ids")
+    rc.add_argument("--record-decode", action="store_true",
+                    help="with --generate: also record every call of generate's prefill and of each decode step "
+                         "(settings.generate_step; the KV cache by value). The file grows with N x the cache size")
     rc.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="override a config field before building the model, e.g. vision_config.window_size=112")
     rc.add_argument("--text-before", default=" ".join(map(str, DEFAULT_TEXT_BEFORE)),

@@ -9,11 +9,15 @@ wdir="${2:?usage: record_scenarios.sh OUT_DIR WEIGHTS_DIR}"
 py="${QVL_PYTHON:?QVL_PYTHON must point at the pinned environment}"
 rec="$here/recordings/record_reference.py"
 mkdir -p "$out"
+# Every scenario also records transformers' generate call by call: the prefill and each of the 16 decode
+# steps, with the KV cache by value (--record-decode; replayed by DecodeStep.* and the chained run), except
+# the real-size vision scenario, whose prefill would only record its vision tower a second time.
+decode=--record-decode
 scenario() {  # model dir, name, then recorder arguments; records float32 and bfloat16
   local model="$1" name="$2"; shift 2
   for dtype in float32 bfloat16; do
     local short=${dtype/float32/fp32}; short=${short/bfloat16/bf16}
-    "$py" "$rec" record --model "$model" --dtype "$dtype" --name "$name" --seed 0 --generate 16 \
+    "$py" "$rec" record --model "$model" --dtype "$dtype" --name "$name" --seed 0 --generate 16 $decode \
       --out "$out/${name}_${short}.h5" "$@"
   done
 }
@@ -34,5 +38,6 @@ scenario "$wdir/tiny_tied" tiny_tied --image synthetic:112x84
 # uneven at the bottom and right edges (448x448 would tile exactly and exercise no padding). Some bugs only
 # show at real sizes (vllm#15200). The checkpoint is ~260 MB: generated, not committed.
 "$py" "$rec" make-tiny --preset vision-real --out "$wdir/vision_real" --seed 1
+decode=
 scenario "$wdir/vision_real" vision_real_476x420 --image synthetic:476x420 --text-before "17" --text-after "23"
 touch "$out/.stamp"

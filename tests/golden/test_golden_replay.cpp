@@ -1,8 +1,11 @@
 // One test case per recorded call of an implemented module, for every recording in recordings/:
-// Replay.MatchesRecording/<recording>_<call>_<module path>.
+// Replay.MatchesRecording/<recording>_<call>_<module path>. The calls of a recorded generate (prefill and
+// decode steps, --record-decode) are grouped: one case per step, DecodeStep.MatchesRecording/<recording>_step<k>,
+// which replays every call of that step (each with the KV cache it was recorded with).
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <set>
 
 #include "tests/golden/golden_support.h"
 #include "tests/support/test_support.h"
@@ -24,7 +27,7 @@ std::vector<Case> cases() {
     const std::string stem = std::filesystem::path(path).stem().string();
     for (size_t i = 0; i < rec.calls().size(); ++i) {
       const CallHeader& h = rec.calls()[i];
-      if (!reg.find(h.module_class)) continue;
+      if (!reg.find(h.module_class) || h.generate_step >= 0) continue;
       std::string name = stem + "_" + h.group + "_" + h.module_path;
       for (char& c : name)
         if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
@@ -50,6 +53,59 @@ TEST_P(Replay, MatchesRecording) {
 
 INSTANTIATE_TEST_SUITE_P(Golden, Replay, ::testing::ValuesIn(cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+struct StepCase {
+  std::string recording;  // empty: no recording holds a recorded generate
+  int64_t step = 0;
+  std::string name;
+};
+
+std::vector<StepCase> step_cases() {
+  std::vector<StepCase> out;
+  for (const auto& path : recording_files()) {
+    Recording rec = Recording::open(path);
+    int64_t last = -1;
+    for (const auto& h : rec.calls()) last = std::max(last, h.generate_step);
+    std::string stem = std::filesystem::path(path).stem().string();
+    for (char& c : stem)
+      if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+    for (int64_t k = 0; k <= last; ++k) out.push_back({path, k, stem + "_step" + std::to_string(k)});
+  }
+  if (out.empty()) out.push_back({"", 0, "NoRecordedGenerate"});
+  return out;
+}
+
+void PrintTo(const StepCase& c, std::ostream* os) { *os << c.name; }
+
+class DecodeStep : public ::testing::TestWithParam<StepCase> {};
+
+TEST_P(DecodeStep, MatchesRecording) {
+  const StepCase& c = GetParam();
+  if (c.recording.empty())
+    GTEST_SKIP() << "no recording in " << generated_recordings_dir() << " holds a recorded generate (built by the "
+                 << "qvl_recordings target: scripts/record_scenarios.sh, --record-decode)";
+  Recording rec = Recording::open(c.recording);
+  const GoldenModel& m = model_for(rec);
+  const Registry reg = Registry::defaults();
+  int replayed = 0, cached = 0;
+  std::set<std::string> classes;
+  for (size_t i = 0; i < rec.calls().size(); ++i) {
+    const CallHeader& h = rec.calls()[i];
+    if (h.generate_step != c.step || !reg.find(h.module_class)) continue;
+    CallResult r = replay_call(rec, i, m.weights, m.config, reg);
+    EXPECT_EQ(r.status, CallResult::Status::Pass) << describe(r);
+    ++replayed;
+    classes.insert(h.module_class);
+    cached += h.module_class == "Qwen2_5_VLAttention";
+  }
+  // The step ran the whole model: the top-level call, every decoder layer's attention (with its cache).
+  EXPECT_TRUE(classes.count("Qwen2_5_VLForConditionalGeneration")) << "step " << c.step << " has no top-level call";
+  EXPECT_EQ(cached, m.config.text.num_hidden_layers) << "step " << c.step << ": attention calls";
+  std::printf("%s step %lld: %d calls replayed\n", c.recording.c_str(), static_cast<long long>(c.step), replayed);
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, DecodeStep, ::testing::ValuesIn(step_cases()),
+                         [](const ::testing::TestParamInfo<StepCase>& i) { return i.param.name; });
 
 // Every implemented module must actually be exercised by each recording, or a passing suite means little.
 TEST(GoldenCoverage, EveryImplementedModuleIsRecorded) {
