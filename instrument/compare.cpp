@@ -24,11 +24,7 @@ size_t record_model_chained(const Weights& root, const ModelConfig& cfg, const R
   RecordingWriter writer(out_path, chained_attrs(ref));
   const model::Inputs prompt = recorded_model_inputs(ref);
   model::lm_forward(root, prompt, cfg, &writer);
-  std::vector<size_t> steps;  // the top-level call of each recorded generate step, in order
-  for (size_t i = 0; i < ref.calls().size(); ++i) {
-    const CallHeader& h = ref.calls()[i];
-    if (h.generate_step >= 0 && h.parent < 0 && h.module_class == "Qwen2_5_VLForConditionalGeneration") steps.push_back(i);
-  }
+  const std::vector<size_t> steps = ref.generate_steps();
   if (!steps.empty()) {
     model::DecodeState s = model::prefill(root, prompt, cfg, &writer);
     for (size_t k = 1; k < steps.size(); ++k) {

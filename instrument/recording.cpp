@@ -68,6 +68,15 @@ const std::string& Recording::attr(const std::string& name) const {
   return it->second;
 }
 
+std::vector<size_t> Recording::generate_steps() const {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < headers_.size(); ++i) {
+    const CallHeader& h = headers_[i];
+    if (h.generate_step >= 0 && h.parent < 0 && h.module_class == "Qwen2_5_VLForConditionalGeneration") out.push_back(i);
+  }
+  return out;
+}
+
 RecordedCall Recording::load(size_t index) const {
   if (index >= headers_.size()) {
     throw h5::Error("'" + path_ + "': call " + std::to_string(index) + " out of range (" +

@@ -46,6 +46,9 @@ class Recording {
   const std::string& attr(const std::string& name) const;  // string root attrs (format, producer, dtype, config...)
   bool has_attr(const std::string& name) const { return attrs_.count(name) > 0; }
   const std::vector<CallHeader>& calls() const { return headers_; }
+  // The top-level Qwen2_5_VLForConditionalGeneration call of each recorded generate step (settings.
+  // generate_step >= 0), in order: [0] is generate's prefill, [k] its k-th decode step. Empty if none.
+  std::vector<size_t> generate_steps() const;
   RecordedCall load(size_t index) const;
 
  private:

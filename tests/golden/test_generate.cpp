@@ -71,11 +71,7 @@ TEST(Generate, StepInputsEqualTransformersGenerate) {
   int recordings = 0, steps = 0, vision_prefills = 0;
   for (const auto& path : recording_files()) {
     Recording ref = Recording::open(path);
-    std::vector<size_t> top;
-    for (size_t i = 0; i < ref.calls().size(); ++i) {
-      const CallHeader& h = ref.calls()[i];
-      if (h.generate_step >= 0 && h.parent < 0 && h.module_class == "Qwen2_5_VLForConditionalGeneration") top.push_back(i);
-    }
+    const std::vector<size_t> top = ref.generate_steps();
     if (top.empty()) continue;
     const GoldenModel& m = model_for(ref);
     TempDir d;
@@ -181,11 +177,7 @@ TEST(ChainedRun, DecodeWithoutRopeDeltasFirstDivergesAtStepOneRotary) {
   QVL_REQUIRE_FILE(path);
   Recording ref = Recording::open(path);
   const GoldenModel& m = model_for(ref);
-  std::vector<size_t> steps;
-  for (size_t i = 0; i < ref.calls().size(); ++i) {
-    const CallHeader& h = ref.calls()[i];
-    if (h.generate_step >= 0 && h.parent < 0 && h.module_class == "Qwen2_5_VLForConditionalGeneration") steps.push_back(i);
-  }
+  const std::vector<size_t> steps = ref.generate_steps();
   ASSERT_GE(steps.size(), 2u);
   TempDir d;
   {

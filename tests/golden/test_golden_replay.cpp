@@ -19,6 +19,13 @@ struct Case {
   std::string name;
 };
 
+// gtest parameter names: letters, digits and '_' only
+std::string test_name(std::string s) {
+  for (char& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return s;
+}
+
 std::vector<Case> cases() {
   std::vector<Case> out;
   Registry reg = Registry::defaults();
@@ -28,10 +35,7 @@ std::vector<Case> cases() {
     for (size_t i = 0; i < rec.calls().size(); ++i) {
       const CallHeader& h = rec.calls()[i];
       if (!reg.find(h.module_class) || h.generate_step >= 0) continue;
-      std::string name = stem + "_" + h.group + "_" + h.module_path;
-      for (char& c : name)
-        if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-      out.push_back({path, i, name});
+      out.push_back({path, i, test_name(stem + "_" + h.group + "_" + h.module_path)});
     }
   }
   if (out.empty()) out.push_back({"", 0, "NoRecordings"});
@@ -66,9 +70,7 @@ std::vector<StepCase> step_cases() {
     Recording rec = Recording::open(path);
     int64_t last = -1;
     for (const auto& h : rec.calls()) last = std::max(last, h.generate_step);
-    std::string stem = std::filesystem::path(path).stem().string();
-    for (char& c : stem)
-      if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+    const std::string stem = test_name(std::filesystem::path(path).stem().string());
     for (int64_t k = 0; k <= last; ++k) out.push_back({path, k, stem + "_step" + std::to_string(k)});
   }
   if (out.empty()) out.push_back({"", 0, "NoRecordedGenerate"});
