@@ -3,7 +3,10 @@
 //   qvl_bench_text generate CKPT_DIR RECORDING N REPS   model::generate of N tokens from the recording's inputs
 //   qvl_bench_text layer CKPT_DIR INPUTS.h5 REPS         one decoder layer (model.language_model.layers.0):
 //                                                        prefill on x, then one decode token on a KV cache
-// Prints one JSON line of medians in ms.
+// Each runs the fast path (TextConfig::fast, and fast_packed where MKL's packed GEMM is available, on
+// text::fuse_projections weights; the fuse is done once before timing, as transformers' load is not timed
+// either) and then the plain reference path, and prints one JSON line of medians ("<name>_ms") and minimums
+// ("<name>_min_ms") in ms, the plain path's names with a "plain_" prefix, and "path": which fast path ran.
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
@@ -14,18 +17,32 @@
 
 #include "bench/bench_timing.h"
 #include "converter/convert.h"
+#include "functional/packed_gemm.h"
 #include "functional/text.h"
 #include "instrument/h5io.h"
 #include "instrument/replay.h"
 
 namespace {
-double median_ms(int reps, const std::function<void()>& run) { return qvl::bench::time_ms(reps, 2, run).median_ms; }
+qvl::bench::Timing timing(int reps, const std::function<void()>& run) { return qvl::bench::time_ms(reps, 2, run); }
+// "name_ms": median, "name_min_ms": minimum
+std::string json(const std::string& name, const qvl::bench::Timing& t) {
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), "\"%s_ms\": %.4f, \"%s_min_ms\": %.4f, ", name.c_str(), t.median_ms, name.c_str(), t.min_ms);
+  return buf;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   using namespace qvl;
+  const char* usage =
+      "usage: qvl_bench_text generate CKPT_DIR RECORDING N REPS | layer CKPT_DIR INPUTS.h5 REPS\n"
+      "Times qvl's text fast path and plain path (prints one JSON line); driven by bench/bench_text.py.\n";
+  if (argc == 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+    std::printf("%s", usage);
+    return 0;
+  }
   try {
-    if (argc < 2) throw std::runtime_error("usage: qvl_bench_text generate|layer ...");
+    if (argc < 2) throw std::runtime_error(usage);
     c10::InferenceMode guard;
     const std::string mode = argv[1];
     if (mode == "generate" && argc == 6) {
@@ -36,8 +53,16 @@ int main(int argc, char** argv) {
       model::Inputs in = recorded_model_inputs(rec);
       model::GenerateOptions opt;
       opt.max_new_tokens = std::stoll(argv[4]);  // no eos: always N tokens, as the Python side
-      const double ms = median_ms(std::stoi(argv[5]), [&] { model::generate(root, in, cfg, opt); });
-      std::printf("{\"median_ms\": %.4f, \"threads\": %d}\n", ms, at::get_num_threads());
+      const int reps = std::stoi(argv[5]);
+      const bool pack = packed::available();
+      const Weights fused = text::fuse_projections(root, pack);
+      ModelConfig fast = cfg;
+      fast.text.fast = true;
+      fast.text.fast_packed = pack;
+      const bench::Timing ms = timing(reps, [&] { model::generate(fused, in, fast, opt); });
+      const bench::Timing plain = timing(reps, [&] { model::generate(root, in, cfg, opt); });
+      std::printf("{\"path\": \"%s\", %s%s\"threads\": %d}\n", pack ? "fast+packed" : "fast", json("generate", ms).c_str(),
+                  json("plain_generate", plain).c_str(), at::get_num_threads());
     } else if (mode == "layer" && argc == 5) {
       ModelConfig cfg;
       Weights root = load_weights_any(argv[2], &cfg);
@@ -47,14 +72,26 @@ int main(int argc, char** argv) {
       const at::Tensor x = in("x"), mask = in("mask"), cos = in("cos"), sin = in("sin");
       const at::Tensor x1 = in("x1"), mask1 = in("mask1"), cos1 = in("cos1"), sin1 = in("sin1");
       const int reps = std::stoi(argv[4]);
-      const double prefill = median_ms(reps, [&] { text::decoder_layer(layer, x, mask, {cos, sin}, cfg.text); });
-      text::KVCache base;
-      text::decoder_layer(layer, x, mask, {cos, sin}, cfg.text, nullptr, &base, 0);  // the 512-token cache
-      const double decode = median_ms(reps, [&] {
-        text::KVCache cache = base;  // shallow: decode appends with torch.cat, the base is not modified
-        text::decoder_layer(layer, x1, mask1, {cos1, sin1}, cfg.text, nullptr, &cache, 0);
-      });
-      std::printf("{\"prefill_ms\": %.4f, \"decode_ms\": %.4f, \"threads\": %d}\n", prefill, decode, at::get_num_threads());
+      // prefill and decode timings of one layer's weights and config
+      auto time_layer = [&](const Weights& lw, const TextConfig& tc) {
+        const bench::Timing prefill = timing(reps, [&] { text::decoder_layer(lw, x, mask, {cos, sin}, tc); });
+        text::KVCache base;
+        text::decoder_layer(lw, x, mask, {cos, sin}, tc, nullptr, &base, 0);  // the 512-token cache
+        const bench::Timing decode = timing(reps, [&] {
+          text::KVCache cache = base;  // shallow: decode appends with torch.cat, the base is not modified
+          text::decoder_layer(lw, x1, mask1, {cos1, sin1}, tc, nullptr, &cache, 0);
+        });
+        return std::make_pair(prefill, decode);
+      };
+      const bool pack = packed::available();
+      TextConfig fast = cfg.text;
+      fast.fast = true;
+      fast.fast_packed = pack;
+      const auto [prefill, decode] = time_layer(text::fuse_projections(layer, pack), fast);
+      const auto [plain_prefill, plain_decode] = time_layer(layer, cfg.text);
+      std::printf("{\"path\": \"%s\", %s%s%s%s\"threads\": %d}\n", pack ? "fast+packed" : "fast",
+                  json("prefill", prefill).c_str(), json("decode", decode).c_str(), json("plain_prefill", plain_prefill).c_str(),
+                  json("plain_decode", plain_decode).c_str(), at::get_num_threads());
     } else {
       throw std::runtime_error("usage: qvl_bench_text generate CKPT REC N REPS | layer CKPT INPUTS.h5 REPS");
     }

@@ -56,6 +56,13 @@ struct TextConfig {
   bool tie_word_embeddings = false;
   // Not an HF field: run the fused CUDA kernels for RMSNorm and the rotary apply on CUDA tensors.
   bool fused = false;
+  // Not an HF field (never read from config.json, never set from the weights' contents): run the fast path
+  // of text::attention / text::mlp / text::decoder_layer (one qkv GEMM, one gate_up GEMM, fused SDPA; see
+  // text::attention_fast). Needs weights from text::fuse_projections. The plain path is the reference.
+  bool fast = false;
+  // Not an HF field: with `fast`, inputs of >= packed::kMinRows rows run their projections through MKL's packed
+  // GEMM (functional/packed_gemm.h) on the packed copies that text::fuse_projections(w, /*pack=*/true) adds.
+  bool fast_packed = false;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
 };

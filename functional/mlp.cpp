@@ -24,6 +24,7 @@ at::Tensor mlp(const Weights& w, const at::Tensor& x, const VisionConfig& c, Rec
 
 namespace text {
 at::Tensor mlp(const Weights& w, const at::Tensor& x, const TextConfig& c, Recorder* rec) {
+  if (c.fast) return mlp_fast(w, x, c, rec);
   RecordScope rs(rec, w.path(), "Qwen2MLP", [&] { return Value::dict({{"arg0", Value::of(x)}}); });
   at::Tensor out = gated_mlp(w, x, c.intermediate_size, c.hidden_act, /*bias=*/false);
   rs.done(Value::of(out));

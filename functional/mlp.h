@@ -27,7 +27,15 @@ namespace text {
 //   x    [B, T, D]  (any leading dims)
 //   out  [B, T, D]
 // Weights: gate_proj.weight [F, D], up_proj.weight [F, D], down_proj.weight [D, F]; no biases.
+// c.fast: runs mlp_fast.
 at::Tensor mlp(const Weights& w, const at::Tensor& x, const TextConfig& c, Recorder* rec = nullptr);
+// The fast path of Qwen2MLP (TextConfig::fast; weights from text::fuse_projections; in text_fast.cpp): one GEMM
+// for gate and up (gate_up_proj.weight [2F, D]), the activation and the product in place on its two halves,
+// down_proj on the strided gate half (no copy); with c.fast_packed and >= packed::kMinRows rows, both GEMMs
+// on the packed copies. The same ops per element as mlp: it differs only by the GEMMs' summation order, at
+// float32 rounding level. Weights: gate_up_proj.{weight, packed}, down_proj.{weight, packed}. Recorded as
+// Qwen2MLP.
+at::Tensor mlp_fast(const Weights& w, const at::Tensor& x, const TextConfig& c, Recorder* rec = nullptr);
 }  // namespace text
 
 }  // namespace qvl

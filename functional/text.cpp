@@ -66,64 +66,81 @@ at::Tensor causal_mask(const at::Tensor& attention_mask, int64_t B, int64_t q_le
   return at::where(allowed, at::zeros({}, at::TensorOptions().dtype(dtype)), at::full({}, min, at::TensorOptions().dtype(dtype)));
 }
 
+Value recorded_layer_inputs(const char* x_name, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope) {
+  return Value::dict({{x_name, Value::of(x)},
+                      {"attention_mask", mask.defined() ? Value::of(mask) : Value::none()},
+                      {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
+}
+
+std::pair<at::Tensor, at::Tensor> rotate_qk(Recorder* rec, const std::string& attn_path, const at::Tensor& q,
+                                            const at::Tensor& k, const CosSin& rope, bool fused) {
+  RecordScope rot(rec, attn_path + ".apply_rotary_pos_emb", "apply_rotary_pos_emb", [&] {
+    return Value::dict({{"arg0", Value::of(q)}, {"arg1", Value::of(k)}, {"arg2", Value::of(rope.cos)},
+                        {"arg3", Value::of(rope.sin)}});
+  }, "{\"kind\": \"function\"}");
+  auto qk = apply_rotary_pos_emb(q, k, rope.cos, rope.sin, fused);
+  rot.done(Value::tuple({Value::of(qk.first), Value::of(qk.second)}));
+  return qk;
+}
+
+std::pair<at::Tensor, at::Tensor> cache_update(KVCache& cache, int64_t layer, const at::Tensor& k, const at::Tensor& v) {
+  if (static_cast<int64_t>(cache.keys.size()) <= layer) {
+    cache.keys.resize(layer + 1);
+    cache.values.resize(layer + 1);
+  }
+  at::Tensor& ck = cache.keys[layer];
+  at::Tensor& cv = cache.values[layer];
+  ck = ck.defined() ? at::cat({ck, k}, -2) : k;
+  cv = cv.defined() ? at::cat({cv, v}, -2) : v;
+  return {ck, cv};
+}
+
 AttentionOutput attention(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
                           const TextConfig& c, Recorder* rec, KVCache* cache, int64_t layer) {
+  if (c.fast) return attention_fast(w, x, mask, rope, c, rec, cache, layer);
   if (x.dim() != 3 || x.size(2) != c.hidden_size) {
     throw std::runtime_error("text::attention: x must be [B, T, " + std::to_string(c.hidden_size) + "], got " +
                              shape_str(x.sizes()));
   }
   const int64_t B = x.size(0), T = x.size(1), D = c.hidden_size, H = c.num_attention_heads,
-                Hkv = c.num_key_value_heads, Dh = c.head_dim(), rep = H / Hkv;
+                Hkv = c.num_key_value_heads, Dh = c.head_dim();
   RecordScope rs(rec, w.path(), "Qwen2_5_VLAttention", [&] {
-    return Value::dict({{"hidden_states", Value::of(x)},
-                        {"attention_mask", mask.defined() ? Value::of(mask) : Value::none()},
-                        {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
+    return recorded_layer_inputs("hidden_states", x, mask, rope);
   });
   // self.q_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
   at::Tensor q = linear(w.at("q_proj"), x, true, H * Dh, D).view({B, T, -1, Dh}).transpose(1, 2);    // [B, H, T, Dh]
   at::Tensor k = linear(w.at("k_proj"), x, true, Hkv * Dh, D).view({B, T, -1, Dh}).transpose(1, 2);  // [B, Hkv, T, Dh]
   at::Tensor v = linear(w.at("v_proj"), x, true, Hkv * Dh, D).view({B, T, -1, Dh}).transpose(1, 2);  // [B, Hkv, T, Dh]
-  RecordScope rot(rec, w.path() + ".apply_rotary_pos_emb", "apply_rotary_pos_emb", [&] {
-    return Value::dict({{"arg0", Value::of(q)}, {"arg1", Value::of(k)}, {"arg2", Value::of(rope.cos)},
-                        {"arg3", Value::of(rope.sin)}});
-  }, "{\"kind\": \"function\"}");
-  std::tie(q, k) = apply_rotary_pos_emb(q, k, rope.cos, rope.sin, c.fused);
-  rot.done(Value::tuple({Value::of(q), Value::of(k)}));
-  if (cache) {
-    // key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
-    if (static_cast<int64_t>(cache->keys.size()) <= layer) {
-      cache->keys.resize(layer + 1);
-      cache->values.resize(layer + 1);
-    }
-    at::Tensor& ck = cache->keys[layer];
-    at::Tensor& cv = cache->values[layer];
-    ck = ck.defined() ? at::cat({ck, k}, -2) : k;
-    cv = cv.defined() ? at::cat({cv, v}, -2) : v;
-    k = ck;
-    v = cv;
-  }
-  // repeat_kv: [B, Hkv, T, Dh] -> [B, Hkv * rep, T, Dh]
-  auto repeat_kv = [&](const at::Tensor& t) {
-    if (rep == 1) return t;
-    return t.unsqueeze(2).expand({B, Hkv, rep, t.size(2), Dh}).reshape({B, Hkv * rep, t.size(2), Dh});
-  };
-  const double scaling = std::pow(static_cast<double>(Dh), -0.5);
-  at::Tensor wts = at::matmul(q, repeat_kv(k).transpose(2, 3)) * scaling;  // [B, H, T, T]
-  if (mask.defined()) wts = wts + mask;
-  wts = at::softmax(wts, -1, at::kFloat).to(q.scalar_type());
-  at::Tensor o = at::matmul(wts, repeat_kv(v)).transpose(1, 2).contiguous();  // [B, T, H, Dh]
-  o = o.reshape({B, T, -1}).contiguous();
+  std::tie(q, k) = rotate_qk(rec, w.path(), q, k, rope, c.fused);
+  // key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+  if (cache) std::tie(k, v) = cache_update(*cache, layer, k, v);
+  auto [o, wts] = eager_attention(q, k, v, mask);  // [B, T, H Dh], [B, H, T, Tk]
   AttentionOutput out{linear(w.at("o_proj"), o, /*bias=*/false, D, H * Dh), wts};
   rs.done(Value::tuple({Value::of(out.out), Value::of(out.weights)}));
   return out;
 }
 
+std::pair<at::Tensor, at::Tensor> eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  const at::Tensor& mask) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dh = q.size(3), Hkv = k.size(1), rep = H / Hkv;
+  // repeat_kv: [B, Hkv, Tk, Dh] -> [B, Hkv * rep, Tk, Dh]
+  auto repeat_kv = [&](const at::Tensor& t) {
+    if (rep == 1) return t;
+    return t.unsqueeze(2).expand({B, Hkv, rep, t.size(2), Dh}).reshape({B, Hkv * rep, t.size(2), Dh});
+  };
+  const double scaling = std::pow(static_cast<double>(Dh), -0.5);
+  at::Tensor wts = at::matmul(q, repeat_kv(k).transpose(2, 3)) * scaling;  // [B, H, T, Tk]
+  if (mask.defined()) wts = wts + mask;
+  wts = at::softmax(wts, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor o = at::matmul(wts, repeat_kv(v)).transpose(1, 2).contiguous();  // [B, T, H, Dh]
+  return {o.reshape({B, T, -1}).contiguous(), wts};
+}
+
 at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
                          const TextConfig& c, Recorder* rec, KVCache* cache, int64_t layer) {
+  if (c.fast) return decoder_layer_fast(w, x, mask, rope, c, rec, cache, layer);
   RecordScope rs(rec, w.path(), "Qwen2_5_VLDecoderLayer", [&] {
-    return Value::dict({{"arg0", Value::of(x)},
-                        {"attention_mask", mask.defined() ? Value::of(mask) : Value::none()},
-                        {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
+    return recorded_layer_inputs("arg0", x, mask, rope);
   });
   // hidden_states = residual + self_attn(input_layernorm(hidden_states))
   at::Tensor h = x + attention(w.at("self_attn"), rms_norm(w.at("input_layernorm"), x, c.rms_norm_eps, rec, c.fused), mask,

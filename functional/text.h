@@ -63,8 +63,77 @@ AttentionOutput attention(const Weights& w, const at::Tensor& x, const at::Tenso
                           const TextConfig& c, Recorder* rec = nullptr, KVCache* cache = nullptr, int64_t layer = 0);
 
 // Mirrors Qwen2_5_VLDecoderLayer.forward (pre-norm): h = x + attn(ln1(x)); out = h + mlp(ln2(h)).
+// c.fast: runs decoder_layer_fast (and attention / mlp likewise run their _fast forms).
 at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
                          const TextConfig& c, Recorder* rec = nullptr, KVCache* cache = nullptr, int64_t layer = 0);
+
+// Shared by both paths, so that they record alike:
+//   recorded_layer_inputs: the recorded inputs of an attention ("hidden_states") or decoder-layer ("arg0")
+//     call: x, attention_mask (None when undefined) and position_embeddings (cos, sin);
+//   rotate_qk: apply_rotary_pos_emb(q, k, cos, sin), recorded as transformers' free function at
+//     <attn_path>.apply_rotary_pos_emb.
+Value recorded_layer_inputs(const char* x_name, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope);
+std::pair<at::Tensor, at::Tensor> rotate_qk(Recorder* rec, const std::string& attn_path, const at::Tensor& q,
+                                            const at::Tensor& k, const CosSin& rope, bool fused);
+
+// DynamicCache.update for one layer: cat(past, new) along the sequence (dim -2), or the new tensors when the
+// layer is empty; returns the whole keys and values [B, Hkv, past + T, Dh]. Shared by both attention paths.
+std::pair<at::Tensor, at::Tensor> cache_update(KVCache& cache, int64_t layer, const at::Tensor& k, const at::Tensor& v);
+
+// eager_attention_forward (attn_implementation "eager"), shared by both attention paths:
+//   weights = softmax(q repeat_kv(k)^T * Dh^-0.5 + mask, float32).to(q.dtype);  out = weights repeat_kv(v)
+//   q [B, H, T, Dh];  k, v [B, Hkv, Tk, Dh] (H a multiple of Hkv);  mask [B, 1, T, Tk] additive (or undefined)
+// Returns out as [B, T, H Dh] (contiguous) and the weights [B, H, T, Tk].
+std::pair<at::Tensor, at::Tensor> eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  const at::Tensor& mask);
+
+// ---- The CPU fast path (functional/text_fast.cpp), opt-in with TextConfig::fast --------------------------
+// Same maths as the plain functions above, fewer and larger ops; the plain path stays the reference (and
+// what `qvl check` replays). Tested against it in tests/unit/test_text_fast.cpp.
+//
+// fuse_projections: the load-time weight transform the fast path needs. Returns a new tree with the same
+// paths (w.path() and below) and the same tensors as `w`, except that in every text decoder layer under
+// `w` (a node with self_attn.{q,k,v}_proj and mlp.{gate,up}_proj; `w` itself may be one):
+//   self_attn.qkv_proj.weight [(H + 2 Hkv) Dh, D] = cat(q_proj.weight, k_proj.weight, v_proj.weight)
+//   self_attn.qkv_proj.bias   [(H + 2 Hkv) Dh]    = cat of the three biases
+//   mlp.gate_up_proj.weight   [2 F, D]            = cat(gate_proj.weight, up_proj.weight)
+// and the originals (q/k/v_proj.{weight,bias}, gate/up_proj.weight) are kept, as row-slice views of the
+// fused matrices: same values and shapes, contiguous, no second copy once the caller drops `w`. So the plain
+// path runs on the result unchanged. `w` is not modified. An error names the path of a missing or
+// mismatched (shape, dtype, device) projection.
+// pack: also adds <proj>.packed = packed::pack(<proj>.weight) for qkv_proj, o_proj, gate_up_proj and down_proj
+// (float32 CPU weights only, else an error), for TextConfig::fast_packed. Memory: the packed copies are about
+// 1.07x those four matrices, so a packed tree holds about twice the layer's weights (the plain ones serve the
+// inputs of fewer than packed::kMinRows rows, i.e. decode).
+Weights fuse_projections(const Weights& w, bool pack = false);
+
+// attention_fast: text::attention with
+//   - one GEMM for q, k and v (qkv_proj), then q, k, v as views of its output (no copies);
+//   - the rotary apply of the plain path (apply_rotary_pos_emb) on those views;
+//   - float32: at::scaled_dot_product_attention with enable_gqa (on the CPU the flash kernel: no repeat_kv
+//     copies, no [B, H, T, Tk] weights tensor), the same additive mask and scale Dh^-0.5. Its softmax is
+//     online (max-subtracted in blocks), so it differs from the eager path at float32 rounding level.
+//   - other dtypes (bfloat16): eager_attention, as the plain path. SDPA keeps the scores in float32 where
+//     transformers' eager path rounds them to bfloat16; replayed against the bf16 recordings, that moved
+//     single elements by 1-2 bf16 ulps, past the bf16 rule's max |error| bound (2x transformers' own) on 7
+//     calls (tests/golden/test_text_fast_golden.cpp). The bf16 fast path keeps the fused GEMMs and in-place
+//     ops only.
+// With c.fast_packed and >= packed::kMinRows rows (B * T), the qkv and o_proj GEMMs run on the packed copies.
+// Differences visible to a caller: in float32, AttentionOutput::weights is undefined (the kernel never forms
+// them; recorded as None).
+// The cache is updated with cache_update, as in the plain path; a new layer entry stores compact copies of
+// k and v (not views that would keep the whole qkv output alive). Weights: qkv_proj.{weight, bias, packed},
+// o_proj.{weight, packed} (packed: only with c.fast_packed).
+AttentionOutput attention_fast(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
+                               const TextConfig& c, Recorder* rec = nullptr, KVCache* cache = nullptr,
+                               int64_t layer = 0);
+// decoder_layer_fast: decoder_layer with attention_fast and mlp_fast, and the two residual adds done in place
+// on the fresh attention / MLP outputs (x is never modified). With a recorder the adds are out of place, as
+// a recorder keeps references to the tensors it was given. Recorded calls are those of the plain path (the
+// layer, both norms, the attention with its apply_rotary_pos_emb, the MLP), with the attention weights None.
+at::Tensor decoder_layer_fast(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
+                              const TextConfig& c, Recorder* rec = nullptr, KVCache* cache = nullptr,
+                              int64_t layer = 0);
 
 // Mirrors Qwen2_5_VLTextModel.forward from inputs_embeds, with no cache.
 //   inputs_embeds [B, T, D];  attention_mask [B, T] (or undefined);  position_ids [3, B, T] (or undefined:

@@ -18,6 +18,7 @@
 #include "converter/commands.h"
 #include "converter/convert.h"
 #include "converter/safetensors.h"
+#include "functional/packed_gemm.h"
 #include "functional/cuda/fused.h"
 #include "functional/vision.h"
 #include "instrument/compare.h"
@@ -278,11 +279,23 @@ int cmd_compare(const std::string& ref_path, const std::string& ours_path, bool 
 }
 
 // --- generate: greedy decoding with a KV cache, tokens printed as they come ---------------------------------
-int cmd_generate(const std::string& weights_path, const std::string& inputs_path, int64_t max_new, std::vector<int64_t> eos) {
+int cmd_generate(const std::string& weights_path, const std::string& inputs_path, int64_t max_new, std::vector<int64_t> eos,
+                 bool fast) {
   ModelConfig wcfg;
   Recording rec = Recording::open(inputs_path);
   ReplayModel rm = replay_model(load_weights_any(weights_path, &wcfg), wcfg, rec);
   apply_rope(rm.config);
+  if (fast) {
+    // The CPU fast path of the text decoder (TextConfig::fast): fused projections; for float32 also SDPA, and
+    // MKL's packed GEMMs where this LibTorch has them. Same maths as the plain path; tokens may differ only where two
+    // logits tie to float32 rounding.
+    const bool pack = packed::available() && rec.attr("dtype") == "float32";
+    rm.weights = text::fuse_projections(rm.weights, pack);
+    rm.config.text.fast = true;
+    rm.config.text.fast_packed = pack;
+    const bool f32 = rec.attr("dtype") == "float32";
+    std::fprintf(stderr, "text fast path: fused projections%s%s\n", f32 ? ", SDPA" : "", pack ? ", MKL packed GEMMs" : "");
+  }
   const Weights& root = rm.weights;
   const ModelConfig& cfg = rm.config;
   const std::string dtype = rec.attr("dtype");
@@ -302,28 +315,45 @@ int cmd_generate(const std::string& weights_path, const std::string& inputs_path
               static_cast<long long>(in.input_ids.size(0)), dtype.c_str(), static_cast<long long>(max_new));
   for (auto e : eos) std::printf(" %lld", static_cast<long long>(e));
   std::printf(")\n");
-  at::Tensor out = model::generate(root, in, cfg, opt, [](int64_t step, const at::Tensor& tok) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto t_first = t0;
+  at::Tensor out = model::generate(root, in, cfg, opt, [&](int64_t step, const at::Tensor& tok) {
+    if (step == 0) t_first = std::chrono::steady_clock::now();
     std::printf("%s", step == 0 ? "tokens:" : "");
     for (int64_t b = 0; b < tok.size(0); ++b) std::printf("%s%lld", b ? "/" : " ", static_cast<long long>(tok[b].item<int64_t>()));
     std::fflush(stdout);
   });
+  const auto t1 = std::chrono::steady_clock::now();
+  const auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
   std::printf("\n");
+  std::fflush(stdout);
+  std::fprintf(stderr, "time: prefill + first token %.1f ms, then %.2f ms per token over %lld tokens (one run, not a benchmark)\n",
+               ms(t0, t_first), out.size(1) > 1 ? ms(t_first, t1) / static_cast<double>(out.size(1) - 1) : 0.0,
+               static_cast<long long>(out.size(1) - 1));
   if (!gen.is_null()) {
     auto want = gen["new_tokens"].get<std::vector<std::vector<int64_t>>>();
-    bool same = static_cast<int64_t>(want.size()) == out.size(0);
+    // With -n below transformers' count, the first n tokens are compared; a length that differs otherwise
+    // (an eos on one side only) is a difference.
+    const int64_t recorded = want.empty() ? 0 : static_cast<int64_t>(want[0].size());
+    const int64_t compared = std::min<int64_t>(recorded, out.size(1));
+    bool same = static_cast<int64_t>(want.size()) == out.size(0) && (out.size(1) == recorded || out.size(1) == max_new);
     for (size_t b = 0; same && b < want.size(); ++b) {
-      same = static_cast<int64_t>(want[b].size()) == out.size(1);
-      for (size_t t = 0; same && t < want[b].size(); ++t) same = want[b][t] == out[b][t].item<int64_t>();
+      same = static_cast<int64_t>(want[b].size()) == recorded;
+      for (int64_t t = 0; same && t < compared; ++t) same = want[b][t] == out[b][t].item<int64_t>();
     }
+    const std::string scope = compared < recorded ? " (the first " + std::to_string(compared) + ")"
+                              : compared < out.size(1) ? " (our first " + std::to_string(compared) + " of " +
+                                                             std::to_string(out.size(1)) + ")"
+                                                       : "";
     if (cfg.text_rope.kind != rope::TextRope::Kind::MRope || cfg.vision_rope) {
       // A changed rope is not transformers' model: the comparison is information only.
-      std::printf("transformers generate (stock rotary) recorded %zu x %zu tokens: %s (information only: --rope %s, --rope-vision %s)\n",
-                  want.size(), want.empty() ? 0 : want[0].size(), same ? "identical" : "different", g_text_rope.c_str(),
-                  g_vision_rope.c_str());
+      std::printf("transformers generate (stock rotary) recorded %zu x %lld tokens: %s%s (information only: --rope %s, --rope-vision %s)\n",
+                  want.size(), static_cast<long long>(recorded), same ? "identical" : "different", scope.c_str(),
+                  g_text_rope.c_str(), g_vision_rope.c_str());
       return 0;
     }
-    std::printf("transformers generate recorded %zu x %zu tokens: %s\n", want.size(), want.empty() ? 0 : want[0].size(),
-                same ? "IDENTICAL" : "DIFFERENT");
+    std::printf("transformers generate recorded %zu x %lld tokens: %s%s\n", want.size(), static_cast<long long>(recorded),
+                same ? "IDENTICAL" : "DIFFERENT", scope.c_str());
     return same ? 0 : 1;
   }
   return 0;
@@ -399,6 +429,9 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--rope", g_text_rope, rope_help)->capture_default_str();
   gen_cmd->add_option("--rope-vision", g_vision_rope, vrope_help)->capture_default_str();
   gen_cmd->add_option("--eos", gen_eos, "End-of-sequence ids (default: those transformers used when recording)");
+  bool gen_fast = false;
+  gen_cmd->add_flag("--fast", gen_fast,
+                    "CPU fast path of the text decoder: fused q/k/v and gate/up GEMMs; for float32 also SDPA and MKL packed GEMMs");
 
   std::vector<std::string> rope_paths;
   auto* rope_check_cmd = app.add_subcommand(
@@ -434,7 +467,7 @@ int main(int argc, char** argv) {
     if (run_vision->parsed()) return cmd_run(true, run_weights, ref_path, run_out, scales);
     if (run_model->parsed()) return cmd_run(false, run_weights, ref_path, run_out, scales);
     if (compare_cmd->parsed()) return cmd_compare(ref_path, ours_path, compare_all);
-    if (gen_cmd->parsed()) return cmd_generate(gen_weights, gen_inputs, gen_max, gen_eos);
+    if (gen_cmd->parsed()) return cmd_generate(gen_weights, gen_inputs, gen_max, gen_eos, gen_fast);
   } catch (const c10::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "qvl %s: error: %s\n", name.c_str(), e.what_without_backtrace());

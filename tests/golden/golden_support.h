@@ -28,6 +28,13 @@ std::vector<CallResult> replay_all(const Recording& rec, const Registry& reg, co
 
 std::string describe(const CallResult& r);
 
+// Whether `rec` carries transformers' generated tokens (scenario.generation).
+bool has_generation(const Recording& rec);
+// Runs model::generate on `rec`'s inputs with the settings transformers' generate used (max_new_tokens, eos,
+// pad) and compares our tokens with transformers' exactly. Returns "" when identical, else where they first
+// differ. `longest`: set to the number of tokens per row transformers generated.
+std::string generate_mismatch(const Recording& rec, const Weights& w, const ModelConfig& cfg, int64_t* longest = nullptr);
+
 // Planted-bug check: every call of `cls` passes with the default registry, and FAILS (not errors, not
 // passes) with `bug` in its place.
 void expect_all_fail(const std::string& recording, const std::string& cls, ReplayFn bug);  // metrics of every tensor, for failure messages
