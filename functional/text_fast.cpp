@@ -23,10 +23,6 @@ namespace qvl::text {
 
 namespace {
 
-std::string join(const std::string& a, const std::string& b) {
-  return a.empty() ? b : a + "." + b;
-}
-
 std::string describe(const at::Tensor& t) {
   return shape_str(t.sizes()) + " " + std::string(c10::toString(t.scalar_type())) + " on " + t.device().str();
 }
@@ -42,19 +38,19 @@ void fuse(Weights& out, const Weights& node, const std::vector<std::string>& par
       const at::Tensor& f = ts.front();
       if (t.dim() != f.dim() || t.sizes().slice(1) != f.sizes().slice(1) ||
           t.scalar_type() != f.scalar_type() || t.device() != f.device()) {
-        throw WeightsError("text::fuse_projections: '" + join(node.path(), p + "." + leaf) + "' " +
+        throw WeightsError("text::fuse_projections: '" + join_path(node.path(), p + "." + leaf) + "' " +
                            describe(t) + " cannot be stacked under '" +
-                           join(node.path(), parts[0] + "." + leaf) + "' " + describe(f) +
+                           join_path(node.path(), parts[0] + "." + leaf) + "' " + describe(f) +
                            " (all but the first dim, the dtype and the device must agree)");
       }
     }
     ts.push_back(t);
   }
   at::Tensor f = at::cat(ts, 0);
-  out.set(join(node.path(), fused + "." + leaf), f);
+  out.set(join_path(node.path(), fused + "." + leaf), f);
   int64_t row = 0;
   for (size_t i = 0; i < parts.size(); ++i) {
-    out.set(join(node.path(), parts[i] + "." + leaf), f.narrow(0, row, ts[i].size(0)));
+    out.set(join_path(node.path(), parts[i] + "." + leaf), f.narrow(0, row, ts[i].size(0)));
     row += ts[i].size(0);
   }
 }
@@ -67,7 +63,7 @@ bool ends_with_component(const std::string& s, const std::string& tail) {
 
 void require_fused(const Weights& w, const char* fn, const char* key) {
   if (!w.has(key)) {
-    throw std::runtime_error(std::string("text::") + fn + ": '" + join(w.path(), key) +
+    throw std::runtime_error(std::string("text::") + fn + ": '" + join_path(w.path(), key) +
                              "' is missing: the fast path (TextConfig::fast) needs weights from "
                              "text::fuse_projections");
   }
@@ -81,7 +77,7 @@ at::Tensor project(const Weights& proj, const at::Tensor& x2d, bool bias, int64_
   const at::Tensor b = bias ? proj.tensor("bias", {out}) : at::Tensor();
   if (c.fast_packed && x2d.size(0) >= packed::kMinRows) {
     if (!proj.has("packed")) {
-      throw std::runtime_error(std::string("text::") + fn + ": '" + join(proj.path(), "packed") +
+      throw std::runtime_error(std::string("text::") + fn + ": '" + join_path(proj.path(), "packed") +
                                "' is missing: TextConfig::fast_packed needs weights from "
                                "text::fuse_projections(w, /*pack=*/true)");
     }
@@ -99,7 +95,7 @@ Weights fuse_projections(const Weights& w, bool pack) {
   const auto leaves = w.flatten();
   if (leaves.empty()) return w;  // nothing to fuse (and nothing a caller could modify through it)
   Weights root;
-  for (const auto& [rel, t] : leaves) root.set(join(w.path(), rel), t);
+  for (const auto& [rel, t] : leaves) root.set(join_path(w.path(), rel), t);
   Weights out = w.path().empty() ? root : root.at(w.path());
   const std::string anchor = "self_attn.q_proj.weight";
   for (const auto& [rel, t] : leaves) {
@@ -110,7 +106,7 @@ Weights fuse_projections(const Weights& w, bool pack) {
     fuse(root, layer.at("self_attn"), {"q_proj", "k_proj", "v_proj"}, "qkv_proj", "bias");
     fuse(root, layer.at("mlp"), {"gate_proj", "up_proj"}, "gate_up_proj", "weight");
     if (!pack) continue;
-    const std::string base = join(w.path(), layer_rel);
+    const std::string base = join_path(w.path(), layer_rel);
     for (const char* proj : {"self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"}) {
       const at::Tensor& weight = root.tensor(base + proj + ".weight");
       if (weight.scalar_type() != at::kFloat || !weight.device().is_cpu()) {

@@ -62,7 +62,11 @@ std::string shape_str(at::IntArrayRef shape) {
 Weights::Weights() : node_(std::make_shared<Node>()) {}
 Weights::Weights(std::shared_ptr<Node> node, std::string path) : node_(std::move(node)), path_(std::move(path)) {}
 
-std::string Weights::child_path(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+std::string join_path(const std::string& parent, const std::string& child) {
+  return parent.empty() ? child : parent + "." + child;
+}
+
+std::string Weights::child_path(const std::string& key) const { return join_path(path_, key); }
 
 bool Weights::is_leaf() const { return node_->leaf.defined(); }
 bool Weights::empty() const { return !is_leaf() && node_->children.empty(); }

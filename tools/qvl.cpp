@@ -289,11 +289,10 @@ int cmd_generate(const std::string& weights_path, const std::string& inputs_path
     // The CPU fast path of the text decoder (TextConfig::fast): fused projections; for float32 also SDPA, and
     // MKL's packed GEMMs where this LibTorch has them. Same maths as the plain path; tokens may differ only where two
     // logits tie to float32 rounding.
-    const bool pack = packed::available() && rec.attr("dtype") == "float32";
+    const bool f32 = rec.attr("dtype") == "float32", pack = f32 && packed::available();
     rm.weights = text::fuse_projections(rm.weights, pack);
     rm.config.text.fast = true;
     rm.config.text.fast_packed = pack;
-    const bool f32 = rec.attr("dtype") == "float32";
     std::fprintf(stderr, "text fast path: fused projections%s%s\n", f32 ? ", SDPA" : "", pack ? ", MKL packed GEMMs" : "");
   }
   const Weights& root = rm.weights;

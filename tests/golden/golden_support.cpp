@@ -1,6 +1,7 @@
 #include "tests/golden/golden_support.h"
 
 #include <filesystem>
+#include <cctype>
 #include <sstream>
 
 #include <gtest/gtest.h>
@@ -12,6 +13,12 @@ namespace qvl::testing {
 namespace fs = std::filesystem;
 
 std::string generated_recordings_dir() { return QVL_GENERATED_RECORDINGS; }
+
+std::string test_name(std::string s) {
+  for (char& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return s;
+}
 
 std::vector<std::string> recording_files() {
   std::vector<std::string> out;

@@ -15,6 +15,9 @@ namespace qvl::testing {
 std::vector<std::string> recording_files();
 std::string generated_recordings_dir();
 
+// A gtest parameter name from any text: letters, digits and '_' only.
+std::string test_name(std::string s);
+
 // The weights a recording was made from: weights/<model_dir>.h5 (root attr model_dir), cast to the
 // recording's dtype as transformers' from_pretrained(dtype=...) does. Cached per recording.
 struct GoldenModel {

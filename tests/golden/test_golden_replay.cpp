@@ -19,13 +19,6 @@ struct Case {
   std::string name;
 };
 
-// gtest parameter names: letters, digits and '_' only
-std::string test_name(std::string s) {
-  for (char& c : s)
-    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-  return s;
-}
-
 std::vector<Case> cases() {
   std::vector<Case> out;
   Registry reg = Registry::defaults();

@@ -36,10 +36,7 @@ std::vector<FastCase> fast_cases() {
     bool text = false;  // a vision-only recording has nothing for the fast path
     for (const auto& h : rec.calls()) text = text || h.module_class == "Qwen2_5_VLDecoderLayer";
     if (!text) continue;
-    std::string stem = std::filesystem::path(path).stem().string();
-    for (char& ch : stem)
-      if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-    out.push_back({path, stem});
+    out.push_back({path, test_name(std::filesystem::path(path).stem().string())});
   }
   if (out.empty()) out.push_back({"", "NoRecordingsWithTextCalls"});
   return out;

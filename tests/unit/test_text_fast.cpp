@@ -74,10 +74,6 @@ TextConfig fast(TextConfig c, bool packed = false) {
     if (!packed::available()) GTEST_SKIP() << "MKL's packed GEMM is not available in this LibTorch"; \
   } while (0)
 
-std::string join(const std::string& a, const std::string& b) {
-  return a.empty() ? b : a + "." + b;
-}
-
 // Random float32 weights of text decoder layers 0..n-1 under model.language_model.layers: projections
 // N(0, 1/in) so that activations stay O(1), biases non-zero, norm weights near 1 but not 1 (HF's init
 // hides bias and norm bugs). Returns the `layers` node.
@@ -110,7 +106,7 @@ Weights random_layers(const TextConfig& c, int64_t n, uint64_t seed) {
 // The same tree (same paths) with every tensor cast to `dtype`.
 Weights cast(const Weights& w, at::ScalarType dtype) {
   Weights root;
-  for (const auto& [rel, t] : w.flatten()) root.set(join(w.path(), rel), t.to(dtype));
+  for (const auto& [rel, t] : w.flatten()) root.set(join_path(w.path(), rel), t.to(dtype));
   return w.path().empty() ? root : root.at(w.path());
 }
 
@@ -301,7 +297,7 @@ Weights swap_leaves(const Weights& w, const std::string& a, const std::string& b
   Weights root;
   for (const auto& [rel, t] : w.flatten()) {
     const std::string key = rel == a ? b : rel == b ? a : rel;
-    root.set(join(w.path(), key), t);
+    root.set(join_path(w.path(), key), t);
   }
   return root.at(w.path());
 }
