@@ -548,7 +548,7 @@ std::vector<StoredTensor> list_h5_tensors(const std::string& path) {
       const std::string kind =
           h5::has_attr(ds.id(), "kind") ? h5::attr_str(ds.id(), "kind", quoted(path)) : "tensor";
       if (kind != "tensor") {
-        t.dtype = "python " + kind;  // a recorded Python scalar (DESIGN.md §3)
+        t.dtype = "python " + kind;  // a recorded Python scalar (docs/design.md §3)
       } else if (h5::has_attr(ds.id(), "dtype")) {
         t.dtype = h5::attr_str(ds.id(), "dtype", quoted(path) + ":/" + dotted);
       } else {

@@ -1,7 +1,7 @@
 // Hugging Face Qwen2.5-VL checkpoints (config.json + safetensors, single or sharded) <-> the nested weight
-// tree (HDF5), keyed by the runtime module paths of the pinned transformers (DESIGN.md §4).
+// tree (HDF5), keyed by the runtime module paths of the pinned transformers (docs/design.md §4).
 //
-// Key layouts accepted (reference notes §2.2-2.3), mapped to one canonical tree:
+// Key layouts accepted (docs/design.md §8.1), mapped to one canonical tree:
 //   hub / transformers 5.x save_pretrained:  visual.X -> model.visual.X ; model.X -> model.language_model.X
 //   transformers 4.52+ runtime layout:       model.visual.X, model.language_model.X (unchanged)
 //   lm_head.weight                           unchanged; absent with tie_word_embeddings -> the embedding

@@ -1,5 +1,5 @@
 // The tensors a Qwen2_5_VLForConditionalGeneration checkpoint must hold for a given config.json, with their
-// shapes (reference notes §2.1), and the check of a checkpoint against them before any compute.
+// shapes (docs/design.md §8.2), and the check of a checkpoint against them before any compute.
 //
 //   model.visual.patch_embed.proj.weight                 [C_v, in_channels, T_p, P, P]
 //   model.visual.blocks.{i}.norm1|norm2.weight           [C_v]

@@ -1,6 +1,6 @@
 // qvl::Recorder — the one interface in functional/: an observer that sees every module call, off by
 // default (nullptr). instrument/ implements it to write the qvl.recording HDF5 schema, so a chained C++
-// run can be diffed against the transformers recording module by module (DESIGN.md §3, §6).
+// run can be diffed against the transformers recording module by module (docs/design.md §3, §6).
 #pragma once
 
 #include <string>

@@ -19,7 +19,7 @@ struct KVCache {
   std::vector<at::Tensor> keys, values;
   int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
 };
-// A cache as a recorded value (DESIGN.md §3): a dict of type "DynamicCache" with `keys` and `values`, one
+// A cache as a recorded value (docs/design.md §3): a dict of type "DynamicCache" with `keys` and `values`, one
 // entry per layer (None where a layer is still empty), as the reference recorder snapshots HF's cache.
 //   layers: how many entries to write (HF's cache has one per decoder layer from the start)
 Value cache_value(const KVCache& cache, int64_t layers);
@@ -146,7 +146,7 @@ at::Tensor text_model(const Weights& w, const at::Tensor& inputs_embeds, const a
                       const at::Tensor& position_ids, const TextConfig& c, Recorder* rec = nullptr,
                       KVCache* cache = nullptr);
 
-// A per-layer rope plan (DESIGN.md §2): several candidate position tensors and, per layer, which one it
+// A per-layer rope plan (docs/design.md §2): several candidate position tensors and, per layer, which one it
 // uses -- e.g. Circle-RoPE on some layers and M-RoPE on others (AGE). cos/sin are computed once per source.
 //   positions[s]   [3, B, T] int64 or float32 (undefined: arange(T) + past on all rows)
 //   names[s]       recorder name: "" records the source's rotary at <path>.rotary_emb (the stock call),
@@ -246,7 +246,7 @@ struct DecodeState {
 };
 // With `rec`, the stock model records what transformers' generate runs, call for call: its own
 // get_rope_index (root path), then Qwen2_5_VLForConditionalGeneration with the cache, 4-row position_ids
-// and logits_to_keep = 1 (DESIGN.md §6: the chained run of a generate-phase recording).
+// and logits_to_keep = 1 (docs/design.md §6: the chained run of a generate-phase recording).
 DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr);
 // Appends `tokens` [B] at `positions` [3, B, 1] (undefined: the previous positions + 1, as generate does).
 void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, const ModelConfig& c,

@@ -1,6 +1,6 @@
 // qvl::Value — a nested value as a module call sees it: a tensor, None, a Python scalar or string, or a
 // tuple / list / dict of values. It is the in-memory form of a recorded call's inputs and outputs
-// (DESIGN.md §3) and what the Recorder interface takes; it does no I/O.
+// (docs/design.md §3) and what the Recorder interface takes; it does no I/O.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,4 +1,4 @@
-// Chained-run comparison (DESIGN.md §6.2): two recordings of the same scenario, typically transformers'
+// Chained-run comparison (docs/design.md §6.2): two recordings of the same scenario, typically transformers'
 // and qvl's own (RecordingWriter), aligned call by call on (module_path, call_index) in the reference's
 // execution order. Errors accumulate here, so the first divergent call is the module to look at, and the
 // per-block error shows how it grows.

@@ -101,7 +101,7 @@ ModelConfig parse_model_config(const std::string& text, const std::string& sourc
   c.vision_start_token_id = top.get_or<int64_t>("vision_start_token_id", 151652);
   c.vision_end_token_id = top.get_or<int64_t>("vision_end_token_id", 151653);
 
-  // --- consistency (the constraints of reference notes §3.3) ---
+  // --- consistency (the constraints of docs/design.md §8.3) ---
   auto fail = [&](const std::string& msg) { throw std::runtime_error(source + ": " + msg); };
   if (c.vision.num_heads <= 0 || c.vision.hidden_size % c.vision.num_heads != 0)
     fail("vision hidden_size " + std::to_string(c.vision.hidden_size) + " is not divisible by num_heads " +

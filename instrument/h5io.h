@@ -1,4 +1,4 @@
-// HDF5 I/O: tensors of every dtype, nested Values, attributes, and the qvl.weights file (DESIGN.md §3, §4).
+// HDF5 I/O: tensors of every dtype, nested Values, attributes, and the qvl.weights file (docs/design.md §3, §4).
 //
 // A tensor is a dataset in its own dtype with attr `dtype` = torch's name. bfloat16 is stored as uint16
 // bits (attr dtype "bfloat16"), bool as uint8 (attr dtype "bool"); float16 is read either as an HDF5
@@ -84,7 +84,7 @@ void set_attr(hid_t obj, const std::string& name, int64_t value);
 at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& where, bool dtype_from_attr = true);
 void write_tensor(hid_t loc, const std::string& name, const at::Tensor& t, int gzip_level = 4);
 
-// Nested values (DESIGN.md §3: groups with attr kind = none/str/tuple/list/dict/object; datasets with
+// Nested values (docs/design.md §3: groups with attr kind = none/str/tuple/list/dict/object; datasets with
 // kind = tensor/int/float/bool).
 Value read_value(hid_t loc, const std::string& name, const std::string& where);
 void write_value(hid_t loc, const std::string& name, const Value& v);

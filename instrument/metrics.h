@@ -1,4 +1,4 @@
-// Comparison metrics for one tensor pair, all computed in float64 (DESIGN.md §5). Never correlation
+// Comparison metrics for one tensor pair, all computed in float64 (docs/design.md §5). Never correlation
 // alone: it is blind to scale and offset, so the absolute, relative and per-row numbers come with it.
 #pragma once
 

@@ -1,4 +1,4 @@
-// The qvl.recording file (DESIGN.md §3): every call of every recorded module, in execution order.
+// The qvl.recording file (docs/design.md §3): every call of every recorded module, in execution order.
 // The reader loads call headers eagerly and tensors on demand; the writer is the C++ Recorder.
 #pragma once
 

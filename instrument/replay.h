@@ -1,4 +1,4 @@
-// Isolated replay (DESIGN.md §6.1): feed each recorded call's inputs to the matching functional/ function
+// Isolated replay (docs/design.md §6.1): feed each recorded call's inputs to the matching functional/ function
 // and judge its outputs against the recording with the thresholds table. A Registry maps a recorded
 // module class (or free-function name) to a replay function; tests and researchers can swap entries to
 // plant a bug or try a modified module.

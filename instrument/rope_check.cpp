@@ -58,7 +58,7 @@ bool is_position(const std::string& name) {
 std::vector<GoldenCase> read_golden_file(const std::string& path) {
   h5::File f = h5::open_read(path);
   if (!h5::exists(f.id(), "cases")) {
-    throw std::runtime_error("'" + path + "': no /cases group: not a file in the ../shared/golden schema");
+    throw std::runtime_error("'" + path + "': no /cases group: not a file in the RoPE golden schema (tests/data/rope_golden/README.md)");
   }
   nlohmann::json root = string_attrs(f.id(), path);
   h5::Handle cases = h5::open_group(f.id(), "cases", path);

@@ -1,5 +1,5 @@
 // Golden checking of the RoPE variants against the outputs of the papers' official code
-// (../shared/golden/*.h5, schema in ../shared/golden/README.md).
+// (tests/data/rope_golden/*.h5, schema in tests/data/rope_golden/README.md).
 //
 // Each case holds a `function` name, its `params` (JSON), input tensors and output tensors. A runner per
 // function recomputes the outputs with functional/rope/ and the checker compares them output by output:

@@ -9,10 +9,10 @@ const std::vector<Threshold>& threshold_table() {
   static const std::vector<Threshold> table = {
       {"float32", "*", 0.99999, 1e-5, 0.99999, 0.0,
        "float32 on CPU against transformers eager float32: agreement at float32 rounding level "
-       "(max error <= 1e-5 of the tensor's scale, Pearson and every row's cosine >= 0.99999); DESIGN.md §5"},
+       "(max error <= 1e-5 of the tensor's scale, Pearson and every row's cosine >= 0.99999); docs/design.md §5"},
       {"bfloat16", "*", 0.0, 0.0, 0.0, 2.0,
        "bfloat16: our error against HF's float32 module on the same inputs may be at most 2x HF's own "
-       "bf16 error against it (RMSE and max |error|); DESIGN.md §5"},
+       "bf16 error against it (RMSE and max |error|); docs/design.md §5"},
   };
   return table;
 }
@@ -45,7 +45,7 @@ Judgement judge_exact(const Metrics& m) {
 
 Judgement judge_positions(const Metrics& m) {
   // Issue 6: "positions exact, or within 1e-6 where they are float" -- the rule for every golden position
-  // output of ../shared/golden (rope_check). Integer positions: exact.
+  // output of tests/data/rope_golden (rope_check). Integer positions: exact.
   if (!m.shape_ok) return {false, m.shape_msg};
   if (m.integer) return judge_exact(m);
   if (m.mismatches) return {false, std::to_string(m.mismatches) + " elements finite on one side only"};

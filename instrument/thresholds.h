@@ -1,4 +1,4 @@
-// The one thresholds table (DESIGN.md §5). Every row carries its reason; loosen a row only with a
+// The one thresholds table (docs/design.md §5). Every row carries its reason; loosen a row only with a
 // written reason in the row itself.
 #pragma once
 

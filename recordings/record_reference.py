@@ -3,13 +3,13 @@
 
 Two subcommands:
 
-  make-tiny   build the tiny config (reference notes §3.3, small vocabulary), randomise every weight
+  make-tiny   build the tiny config (docs/design.md §8.3, small vocabulary), randomise every weight
               (norms 1 + 0.1*randn, non-zero biases) and save a Hugging Face checkpoint
               (config.json + model.safetensors).
   record      load any Qwen2.5-VL checkpoint directory, run one forward pass on the given inputs
               (image files or synthetic images, token ids before/after) with eager attention, and write
               every call of every hooked module class and wrapped free function to one HDF5 file in the
-              qvl.recording schema (DESIGN.md §3), in execution (pre-)order.
+              qvl.recording schema (docs/design.md §3), in execution (pre-)order.
 
 In a bfloat16 recording each call also stores `outputs_fp32`: the output of the float32 copy of the same
 module (weights = the bf16 weights upcast) on the same inputs upcast to float32. That is HF's own noise
@@ -42,7 +42,7 @@ from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf_mod
 
 FORMAT_VERSION = 1
 
-# Module classes hooked (reference notes §6, with the names of the pinned transformers 5.x).
+# Module classes hooked (docs/design.md §3, with the names of the pinned transformers 5.x).
 HOOKED_CLASSES = {
     "Qwen2_5_VLRMSNorm",
     "Qwen2_5_VLMLP",
@@ -71,7 +71,7 @@ WRAPPED_FUNCTIONS = [
     "apply_rotary_pos_emb",
 ]
 
-# The tiny config: reference notes §3.3, with a 256-token vocabulary and the special ids below it.
+# The tiny config: docs/design.md §8.3, with a 256-token vocabulary and the special ids below it.
 TINY_CONFIG = {
     "architectures": ["Qwen2_5_VLForConditionalGeneration"],
     "model_type": "qwen2_5_vl",
@@ -233,7 +233,7 @@ def image_processor_for(model_dir: str):
 
     if os.path.isfile(os.path.join(model_dir, "preprocessor_config.json")):
         return Qwen2VLImageProcessorPil.from_pretrained(model_dir)
-    # The hub preprocessor values (reference notes §4): min 56*56, max 16384*28*28 pixels.
+    # The hub preprocessor values (docs/design.md §8.4): min 56*56, max 16384*28*28 pixels.
     return Qwen2VLImageProcessorPil(size={"shortest_edge": 3136, "longest_edge": 12845056})
 
 
@@ -488,7 +488,7 @@ class Recorder:
 
 
 # ---------------------------------------------------------------------------------------------------
-# HDF5 writer (schema: DESIGN.md §3)
+# HDF5 writer (schema: docs/design.md §3)
 # ---------------------------------------------------------------------------------------------------
 
 def write_value(parent: h5py.Group, name: str, value, seen: dict | None = None) -> None:
@@ -688,7 +688,7 @@ def cmd_record(args: argparse.Namespace) -> None:
         vproc = video_processor_for(args.model)
         vp = vproc(videos=videos, return_tensors="pt", do_sample_frames=False)
         pixel_values_videos, video_grid_thw = vp["pixel_values_videos"], vp["video_grid_thw"]
-        # second_per_grid_ts = temporal_patch_size / fps (reference notes §4.5)
+        # second_per_grid_ts = temporal_patch_size / fps (docs/design.md §8.4)
         second_per_grid_ts = torch.tensor([vproc.temporal_patch_size / args.fps] * len(videos))
     merge = config.vision_config.spatial_merge_size
     ids = list(parse_ids(args.text_before))

@@ -209,7 +209,7 @@ int cmd_rope_check(const std::vector<std::string>& paths, bool verbose) {
     } else if (fs::exists(p)) {
       files.push_back(p);
     } else {
-      throw std::runtime_error("'" + p + "': no such file or folder (golden data: ../shared/golden, see its README.md)");
+      throw std::runtime_error("'" + p + "': no such file or folder (golden data: tests/data/rope_golden, see its README.md)");
     }
   }
   int cases = 0, failed = 0, raised = 0;
@@ -434,7 +434,7 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> rope_paths;
   auto* rope_check_cmd = app.add_subcommand(
-      "rope-check", "Check the RoPE variants against golden files of the official implementations (../shared/golden schema)");
+      "rope-check", "Check the RoPE variants against golden files of the official implementations (schema: tests/data/rope_golden/README.md)");
   rope_check_cmd->add_option("files", rope_paths, "Golden .h5 files or folders of them")->required();
   rope_check_cmd->add_flag("-v,--verbose", verbose, "Every output's verdict and the notes");
 

@@ -1,5 +1,5 @@
 // Fused CUDA paths (qvl::cuda): fast versions of functional/ steps that compute the same thing as the plain
-// ATen path, which stays the reference (DESIGN.md §2). The model code reaches them by its usual function
+// ATen path, which stays the reference (docs/design.md §2). The model code reaches them by its usual function
 // names when the tensors are on a CUDA device and `fused` is asked for (VisionConfig::fused,
 // TextConfig::fused, or the `fused` argument of rms_norm and the rotary appliers); on the CPU, or without
 // the flag, nothing here runs. Every path has a test against the plain one (tests/cuda) and a benchmark

@@ -1,5 +1,6 @@
 // N x N block RoPE: rotations built from commuting skew-symmetric generators through the matrix
-// exponential (rope_variants.md §5.1; ComRoPE §5.4; LieRE §5.3 for the non-commuting counter-example).
+// exponential (the commuting-generator construction of ComRoPE; LieRE's non-commuting generators are the
+// counter-example).
 //
 // Notation: D = head dim, b = block size (the "N" of N x N), nb = D / b blocks, A = position dimension
 // (2 for images, 3 for video, any A >= 1), M tokens with positions p in R^A.

@@ -1,7 +1,7 @@
 // Circle-RoPE (Wang et al., arXiv 2505.16416; official code lose4578/CircleRoPE @ 063fb2c) and AGE.
 //
 // Builder: maps one visual block's LLM grid (T, H, W) to 3 float32 position rows (t, h, w), which then
-// feed the ordinary chunked M-RoPE (rope1d.h). rope_variants.md §2.1 has the derivation; the steps, with
+// feed the ordinary chunked M-RoPE (rope1d.h). The steps, as the official code takes them, with
 // x = column j, y = row i, z = the temporal index of the frame:
 //   0. coords (x, y, z) on the grid, int64.
 //   1. move_to_origin: subtract the per-axis centre (max + min) / 2 (float32 from here on).

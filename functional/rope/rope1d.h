@@ -1,6 +1,6 @@
 // 1-D RoPE and multimodal RoPE (M-RoPE) as pure functions: an angle builder and an applier.
 //
-// Maths (rope_variants.md §1). Head dim d, rotary dim r <= d (partial rotary: channels >= r pass through),
+// Maths. Head dim d, rotary dim r <= d (partial rotary: channels >= r pass through),
 // frequencies w_k = theta^(-2k/r) for k = 0..r/2-1, phase phi_k = p * w_k for a position p (integer or
 // float). A pair (a, b) rotated by phi becomes (a cos phi - b sin phi, b cos phi + a sin phi). The pair
 // layout decides which channels form pair k:

@@ -30,7 +30,7 @@ struct Config {
 
 }  // namespace circle
 
-// Which positions the text model's layers see (DESIGN.md §2: "a per-layer rope plan").
+// Which positions the text model's layers see (docs/design.md §2: "a per-layer rope plan").
 //   MRope:  stock Qwen2.5-VL M-RoPE everywhere (transformers' get_rope_index); the default.
 //   Circle: Circle-RoPE positions (circle::get_rope_index) on the layers that the AGE strategy marks
 //           (circle::age_layers) and stock M-RoPE on the others; no strategy = Circle on every layer.

@@ -1,5 +1,5 @@
 // Spiral RoPE (Liu et al., arXiv 2602.03227; huajianduzhuo-code/Spiral_RoPE, RoPE_DeiT/rope.py @ bde84ff,
-// VisionRotaryEmbedding): 2-D RoPE over K = 2R directions. rope_variants.md §3.
+// VisionRotaryEmbedding): 2-D RoPE over K = 2R directions.
 //
 // Notation: d = head dim, D = d/2 (the official `dim` argument), R = rotate (K = 2R directions),
 // M = max_freq (max_freq_lang), m = min_freq (min_freq_lang), tau = truncate_percentage, theta = 10000,

@@ -44,7 +44,7 @@ constexpr double kRmsBf16Ulps = 2.0;
 //  - attention float32 (memory-efficient kernel vs the loop of matmuls): float32 reordering of the
 //    softmax sums: max|diff| <= kAttnFp32Rel * max|ref|.
 constexpr double kAttnFp32Rel = 2e-5;
-//  - attention / block in bf16: the bf16 rule of DESIGN.md §5: the fused error against a float32 run may be
+//  - attention / block in bf16: the bf16 rule of docs/design.md §5: the fused error against a float32 run may be
 //    at most kBf16Ratio x the plain bf16 path's own error (RMSE and max |error|).
 constexpr double kBf16Ratio = 2.0;
 

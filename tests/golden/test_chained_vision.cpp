@@ -1,4 +1,4 @@
-// Chained run (DESIGN.md §6.2): the functional vision tower from pixel_values alone, recorded from C++,
+// Chained run (docs/design.md §6.2): the functional vision tower from pixel_values alone, recorded from C++,
 // compared call by call with the transformers recording.
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // Planted bugs: each swaps one module of the replay registry for a subtly wrong version (the kind other
-// ports shipped, reference notes §5) and shows that the harness FAILS every recorded call of it.
+// ports shipped, docs/design.md §8.5) and shows that the harness FAILS every recorded call of it.
 #include <gtest/gtest.h>
 
 #include "functional/mlp.h"

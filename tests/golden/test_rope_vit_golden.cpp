@@ -1,4 +1,4 @@
-// The vision-side RoPE variants against the outputs of the papers' official code (../shared/golden):
+// The vision-side RoPE variants against the outputs of the papers' official code (tests/data/rope_golden):
 // naver-ai/rope-vit (rope_vit.h5: "axial", "mixed") and Spiral_RoPE (spiral_rope.h5: "spiral_rope_apply").
 // The golden folder is required: a missing folder FAILS with the path it looked for.
 #include <gtest/gtest.h>
@@ -18,14 +18,14 @@
 namespace qvl::rope_check {
 namespace {
 
-std::string golden_dir() { return std::string(QVL_SOURCE_DIR) + "/../shared/golden"; }
+std::string golden_dir() { return std::string(QVL_SOURCE_DIR) + "/tests/data/rope_golden"; }
 
-// Reads ../shared/golden/<file>; an absent folder or file is a test failure, never a skip.
+// Reads tests/data/rope_golden/<file>; an absent folder or file is a test failure, never a skip.
 bool load(const std::string& file, std::vector<GoldenCase>* out) {
   const std::string dir = golden_dir(), path = dir + "/" + file;
   if (!testing::file_exists(dir)) {
     ADD_FAILURE() << "golden folder missing: " << dir
-                  << " (the official-code outputs of ../shared/golden must sit next to the repository)";
+                  << " (the official-code outputs are committed there; see its README.md)";
     return false;
   }
   if (!testing::file_exists(path)) {

@@ -77,7 +77,7 @@ void expect_same_checkpoint(const std::string& a_dir, const std::string& b_dir) 
 // --- the shape table of the real configs ------------------------------------------------------------
 struct RealModel {
   const char* name;
-  int64_t vision_params, text_params;  // reference notes §2.4 (text includes an untied lm_head)
+  int64_t vision_params, text_params;  // docs/design.md §8.2 (text includes an untied lm_head)
   int64_t layers;
   bool tied;
 };

@@ -23,14 +23,14 @@ std::string repeat(const std::string& s, int n) {
 }
 
 TEST(MropeRows, ChunkedQwen25Sections) {
-  // rope_variants.md §1.2: [16, 24, 24] -> T x16 H x24 W x24
+  // Qwen2.5-VL's chunked map: [16, 24, 24] -> T x16 H x24 W x24
   EXPECT_EQ(labels(cuda::mrope_chunked_rows({16, 24, 24})), repeat("T", 16) + repeat("H", 24) + repeat("W", 24));
   // chunk i takes row i % 3, also past three chunks (text::rotary's recomposition)
   EXPECT_EQ(labels(cuda::mrope_chunked_rows({1, 1, 1, 2})), "THWTT");
 }
 
 TEST(MropeRows, InterleavedQwen3Sections) {
-  // rope_variants.md §1.2: [24, 20, 20] -> THW x20 then TTTT
+  // Qwen3-VL's interleaved map: [24, 20, 20] -> THW x20 then TTTT
   EXPECT_EQ(labels(cuda::mrope_interleaved_rows({24, 20, 20}, 64)), repeat("THW", 20) + "TTTT");
 }
 

