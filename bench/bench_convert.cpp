@@ -3,7 +3,12 @@
 //
 //   qvl_bench_convert --config tests/data/configs/qwen2_5_vl_7b.json --dir /scratch/bench [--layers N]
 //                     [--out-dir DIR] [--cold] [--back] [--no-fsync] [--keep] [--clean]
+//   qvl_bench_convert --config ... --dir DIR --values normal --generate-only [--set vision_config.depth=2]
+//                     a synthetic checkpoint with usable values, for bench/bench_stream.py (no conversion)
 //
+// --values normal writes bf16 values a model can run on instead of random bytes (which hold NaNs): norms
+// 1 + 0.1 n, biases 0.1 n, embeddings 0.5 n, matrices n / sqrt(fan_in), n ~ N(0, 1) approximated by a sum
+// of four uniforms (Irwin-Hall, |n| <= 3.5). --set KEY=JSON overrides config fields (dotted: vision_config.depth).
 // 1. Generates DIR/<name>/ unless it exists: config.json, the shards (bf16 random bytes, hub key layout,
 //    shards of at most 5 GB in key order, model-0000i-of-0000N.safetensors) and model.safetensors.index.json,
 //    every tensor shape from the config (converter/shapes.h: the table the converter checks against).
@@ -23,6 +28,8 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -84,8 +91,25 @@ struct Generated {
   size_t tensors = 0, shards = 0;
 };
 
+uint16_t to_bf16(float f) {  // round to nearest even (finite values only)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// The (scale, offset) of a tensor's values under --values normal.
+std::pair<float, float> value_law(const std::string& name, const std::vector<int64_t>& shape) {
+  const bool vec = shape.size() == 1;
+  if (vec && (name.find("norm") != std::string::npos || name.find("ln_q") != std::string::npos)) return {0.1f, 1.0f};
+  if (vec) return {0.1f, 0.0f};
+  if (name.find("embed_tokens") != std::string::npos) return {0.5f, 0.0f};
+  int64_t fan_in = 1;
+  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
+  return {1.0f / std::sqrt(static_cast<float>(fan_in)), 0.0f};
+}
+
 // A hub-layout bf16 checkpoint with the config's shapes.
-Generated generate(const std::string& config_text, const std::string& dir) {
+Generated generate(const std::string& config_text, const std::string& dir, bool normal_values = false) {
   const ModelConfig cfg = parse_model_config(config_text, dir + "/config.json");
   struct T {
     std::string name;
@@ -134,11 +158,29 @@ Generated generate(const std::string& config_text, const std::string& dir) {
     uint64_t len = h.size();
     write_all(fd, &len, 8, path);
     write_all(fd, h.data(), h.size(), path);
-    for (uint64_t left = off; left;) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(left, buf.size() * 8));
-      for (size_t k = 0; k < (n + 7) / 8; ++k) buf[k] = rng.next();
-      write_all(fd, buf.data(), n, path);
-      left -= n;
+    if (!normal_values) {
+      for (uint64_t left = off; left;) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(left, buf.size() * 8));
+        for (size_t k = 0; k < (n + 7) / 8; ++k) buf[k] = rng.next();
+        write_all(fd, buf.data(), n, path);
+        left -= n;
+      }
+    } else {
+      uint16_t* vals = reinterpret_cast<uint16_t*>(buf.data());
+      const size_t cap = buf.size() * 4;  // bf16 values per buffer
+      for (size_t i : shards[s]) {
+        const auto [scale, offset] = value_law(ts[i].name, ts[i].shape);
+        for (uint64_t left = ts[i].bytes / 2; left;) {
+          const size_t n = static_cast<size_t>(std::min<uint64_t>(left, cap));
+          for (size_t k = 0; k < n; ++k) {
+            const uint64_t r = rng.next();  // four 16-bit uniforms -> Irwin-Hall(4), mean 2, variance 1/3
+            const float u = ((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48)) / 65536.0f;
+            vals[k] = to_bf16(offset + scale * (u - 2.0f) * 1.7320508f);
+          }
+          write_all(fd, vals, n * 2, path);
+          left -= n;
+        }
+      }
     }
     ::fsync(fd);
     ::close(fd);
@@ -192,7 +234,9 @@ int main(int argc, char** argv) {
   CLI::App app{"qvl_bench_convert: conversion GB/s and peak RSS on a synthetic checkpoint with real shapes"};
   std::string config_path, dir, out_dir;
   int layers = -1;
-  bool cold = false, back = false, no_fsync = false, keep = false, clean = false;
+  bool cold = false, back = false, no_fsync = false, keep = false, clean = false, generate_only = false;
+  std::string values = "random-bytes";
+  std::vector<std::string> sets;
   app.add_option("--config", config_path,
                  "config.json giving the shapes (tests/data/configs/qwen2_5_vl_*.json)")
       ->required();
@@ -205,6 +249,11 @@ int main(int argc, char** argv) {
   app.add_flag("--no-fsync", no_fsync, "Pass --no-fsync to qvl convert");
   app.add_flag("--keep", keep, "Keep the outputs");
   app.add_flag("--clean", clean, "Delete the generated checkpoint at the end");
+  app.add_option("--values", values, "random-bytes (the converter copies bits), or normal: values a model can run on")
+      ->check(CLI::IsMember({"random-bytes", "normal"}))
+      ->capture_default_str();
+  app.add_option("--set", sets, "KEY=JSON: override a config field (dotted), e.g. vision_config.depth=2");
+  app.add_flag("--generate-only", generate_only, "Generate the checkpoint and stop (no conversion)");
   CLI11_PARSE(app, argc, argv);
   try {
     std::ifstream in(config_path);
@@ -217,12 +266,28 @@ int main(int argc, char** argv) {
       (cfgj.contains("text_config") ? cfgj["text_config"] : cfgj)["num_hidden_layers"] = layers;
       name += "-" + std::to_string(layers) + "layers";
     }
+    for (const auto& kv : sets) {
+      const auto eq = kv.find('=');
+      if (eq == std::string::npos) throw std::runtime_error("--set expects KEY=JSON, got '" + kv + "'");
+      nlohmann::json* at = &cfgj;
+      std::string key = kv.substr(0, eq), part;
+      std::stringstream parts(key);
+      std::vector<std::string> path;
+      while (std::getline(parts, part, '.')) path.push_back(part);
+      for (size_t i = 0; i + 1 < path.size(); ++i) at = &(*at)[path[i]];
+      (*at)[path.back()] = nlohmann::json::parse(kv.substr(eq + 1));
+      std::string tag = key.substr(key.rfind('.') + 1) + "-" + kv.substr(eq + 1);
+      for (char& c : tag)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-') c = '_';
+      name += "-" + tag;
+    }
+    if (values == "normal") name += "-normal";
     const std::string ckpt = (fs::path(dir) / name).string();
     const std::string config_text = cfgj.dump(2);
     Generated g;
     if (!fs::exists(ckpt + "/model.safetensors.index.json")) {
       const double t0 = now_s();
-      g = generate(config_text, ckpt);
+      g = generate(config_text, ckpt, values == "normal");
       std::printf("generated %s: %zu tensors, %zu shards, %.2f GB in %.1f s\n", ckpt.c_str(), g.tensors,
                   g.shards, g.bytes / 1e9, now_s() - t0);
     }
@@ -237,6 +302,11 @@ int main(int argc, char** argv) {
       if (e.end - e.begin > g.largest) g.largest = e.end - e.begin, g.largest_name = e.name;
     }
     oc = OpenCheckpoint{};  // unmap
+    if (generate_only) {
+      std::printf("checkpoint %s: %.2f GB, %zu tensors, %zu shards, largest tensor %.1f MB (%s)\n", ckpt.c_str(),
+                  g.bytes / 1e9, g.tensors, g.shards, g.largest / 1e6, g.largest_name.c_str());
+      return 0;
+    }
 
     const std::string out = (fs::path(out_dir.empty() ? dir : out_dir) / (name + ".h5")).string();
     if (cold)

@@ -220,6 +220,13 @@ void print_tensor_rows(const std::vector<StoredTensor>& ts, size_t strip, std::F
                  t.dtype.c_str(), shape_text(t.shape).c_str(), static_cast<unsigned long long>(t.nbytes));
 }
 
+// The root attribute `checksums` in words (instrument/h5io.h, "Integrity").
+std::string checksums_text(const std::string& attr) {
+  if (attr == h5::kChecksums) return "Fletcher-32 on every dataset's data, checksummed headers";
+  if (attr.empty()) return "none (written before qvl checksummed its files)";
+  return "unknown kind '" + attr + "'";
+}
+
 std::string dtype_counts(const std::vector<StoredTensor>& ts) {
   std::map<std::string, int> n;
   for (const auto& t : ts) ++n[t.dtype];
@@ -232,10 +239,12 @@ std::string dtype_counts(const std::vector<StoredTensor>& ts) {
 int run_inspect(const std::string& path, std::FILE* out) {
   if (fs::is_directory(path)) {
     Checkpoint ck = find_checkpoint(path);
+    std::vector<SafetensorsFile> shards;  // every header validated before anything is printed
+    for (const auto& s : ck.shards) shards.push_back(SafetensorsFile::open(s));
     std::fprintf(out, "%s: Hugging Face checkpoint, %zu shard(s)%s\n", path.c_str(), ck.shards.size(),
                  ck.indexed ? " listed by model.safetensors.index.json" : "");
     std::fprintf(out, "  config: %s\n", config_summary(ck.config_json, path + "/config.json").c_str());
-    for (const auto& s : ck.shards) print_safetensors(SafetensorsFile::open(s), out, "  ");
+    for (const auto& f : shards) print_safetensors(f, out, "  ");
     try {
       OpenCheckpoint oc = open_checkpoint(path);
       std::fprintf(out, "check: ok: %zu tensors (%s), key layout %s, every shape matches config.json\n",
@@ -263,15 +272,17 @@ int run_inspect(const std::string& path, std::FILE* out) {
     std::map<std::string, std::string> attrs;
     {
       h5::File g = h5::open_read(path);
-      for (const char* k : {"config", "source", "key_layout"})
+      for (const char* k : {"config", "source", "key_layout", "vit_config", "checksums"})
         if (h5::has_attr(g.id(), k)) attrs[k] = h5::attr_str(g.id(), k, where);
     }
     std::fprintf(out, "%s: qvl.weights, %zu tensors, %s, key layout %s\n", path.c_str(), ts.size(),
                  human_bytes(static_cast<double>(total)).c_str(),
                  attrs.count("key_layout") ? attrs["key_layout"].c_str() : "?");
-    if (attrs.count("config"))
+    if (attrs.count("config") && !attrs.count("vit_config"))
       std::fprintf(out, "  config: %s\n", config_summary(attrs["config"], path + ":config").c_str());
+    if (attrs.count("vit_config")) std::fprintf(out, "  vit config: %s\n", attrs["vit_config"].c_str());
     if (attrs.count("source")) std::fprintf(out, "  source: %s\n", attrs["source"].c_str());
+    std::fprintf(out, "  checksums: %s\n", checksums_text(attrs.count("checksums") ? attrs["checksums"] : "").c_str());
     std::fprintf(out, "  dtypes: %s\n", dtype_counts(ts).c_str());
     print_tensor_rows(ts, 0, out, "  ");
     return 0;
@@ -281,6 +292,12 @@ int run_inspect(const std::string& path, std::FILE* out) {
     std::fprintf(out, "%s: qvl.recording, %zu calls, %zu tensors, %s, producer %s, dtype %s\n", path.c_str(),
                  rec.calls().size(), ts.size(), human_bytes(static_cast<double>(total)).c_str(),
                  rec.attr("producer").c_str(), rec.attr("dtype").c_str());
+    {
+      h5::File g = h5::open_read(path);
+      const std::string sums = h5::has_attr(g.id(), "checksums") ? h5::attr_str(g.id(), "checksums", where) : "";
+      std::fprintf(out, "  checksums: %s; call count %s\n", checksums_text(sums).c_str(),
+                   h5::has_attr(g.id(), "num_calls") ? "stated and matched" : "not stated");
+    }
     std::fprintf(out, "  dtypes: %s\n", dtype_counts(ts).c_str());
     std::map<std::string, std::vector<StoredTensor>> by_call;
     std::vector<StoredTensor> other;

@@ -14,7 +14,9 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -408,49 +410,53 @@ class Hasher {
   std::thread worker_;
 };
 
-// Streams bytes [from, to) of a mapped file in 16 MiB chunks: each chunk is hashed (on the Hasher's thread)
-// and/or written at `out_at` onwards in `out`, the next chunk read ahead meanwhile, and its pages dropped
-// from this process's resident set once done. So a 1 GB tensor costs no more resident memory than a chunk,
-// and the data is copied once (mapping -> the output's page cache).
-// With `cast` (from, to dtypes), each chunk is cast on the way into `scratch` (one buffer the caller keeps
-// across calls: a fresh allocation per chunk fragments the heap between HDF5's small allocations and the
-// resident memory grows) and written at the matching offset.
+// Writes n bytes at `pos` of `fd`, or throws naming `path`.
+void pwrite_all(int fd, const std::string& path, const uint8_t* src, uint64_t n, uint64_t pos) {
+  for (uint64_t put = 0; put < n;) {
+    const ssize_t w = ::pwrite(fd, src + put, static_cast<size_t>(std::min<uint64_t>(n - put, 1u << 30)),
+                               static_cast<off_t>(pos + put));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) throw std::runtime_error(quoted(path) + ": write failed (" + std::strerror(errno) + ")");
+    put += static_cast<uint64_t>(w);
+  }
+}
+
+// A piece of `n` bytes of `from`-dtype elements, cast to `to` into `dst` (whole elements: pieces start at a
+// tensor's start and hold whole elements). Returns the bytes written to dst.
 using Cast = std::optional<std::pair<at::ScalarType, at::ScalarType>>;
+uint64_t cast_into(uint8_t* dst, const uint8_t* src, uint64_t n, const std::pair<at::ScalarType, at::ScalarType>& cast) {
+  const int64_t elems = static_cast<int64_t>(n / at::elementSize(cast.first));
+  at::Tensor out = at::from_blob(dst, {elems}, at::TensorOptions().dtype(cast.second));
+  out.copy_(at::from_blob(const_cast<uint8_t*>(src), {elems}, at::TensorOptions().dtype(cast.first)));
+  return static_cast<uint64_t>(elems) * at::elementSize(cast.second);
+}
+
+// Streams bytes [from, to) of a mapped file piece by piece: each piece (`piece(at)` bytes, or 16 MiB) is
+// hashed (on the Hasher's thread) and handed to `sink`, the next piece read ahead meanwhile, and its pages
+// dropped from this process's resident set once done. So a 1 GB tensor costs no more resident memory than
+// a piece, and the data is read once.
 constexpr uint64_t kChunk = 16u << 20;
-void stream_bytes(const uint8_t* base, uint64_t from, uint64_t to, Hasher* hasher, int out,
-                  const std::string& out_path, uint64_t out_at, Cast cast = std::nullopt,
-                  at::Tensor* scratch = nullptr) {
+using PieceFn = std::function<uint64_t(uint64_t at)>;
+using SinkFn = std::function<void(const uint8_t* src, uint64_t n)>;
+void stream_bytes(const uint8_t* base, uint64_t from, uint64_t to, Hasher* hasher, const PieceFn& piece = {},
+                  const SinkFn& sink = {}) {
   static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   for (uint64_t at = from; at < to;) {
-    const uint64_t n = std::min(kChunk, to - at);
+    const uint64_t n = std::min(piece ? piece(at) : kChunk, to - at);
+    if (n == 0) throw std::logic_error("stream_bytes: the sink takes no more bytes before the end");
     if (at + n < to) {
       const uint64_t nb = (at + n) / page * page;
-      madvise(const_cast<uint8_t*>(base) + nb, static_cast<size_t>(std::min(kChunk, to - nb)), MADV_WILLNEED);
+      madvise(const_cast<uint8_t*>(base) + nb, static_cast<size_t>(std::min(std::max(n, kChunk), to - nb)),
+              MADV_WILLNEED);
     }
     if (hasher) hasher->submit(base + at, static_cast<size_t>(n));
-    const uint8_t* src = base + at;
-    uint64_t wn = n, pos = out_at + (at - from);
-    if (cast && out >= 0) {
-      // Chunks start at whole elements: `from` is a tensor's start and kChunk a multiple of 8.
-      const uint64_t in_size = at::elementSize(cast->first), out_size = at::elementSize(cast->second);
-      const int64_t elems = static_cast<int64_t>(n / in_size);
-      const int64_t need = static_cast<int64_t>(kChunk / in_size * out_size);
-      if (!scratch->defined() || scratch->numel() < need) *scratch = at::empty({need}, at::kByte);
-      at::Tensor dst = scratch->narrow(0, 0, elems * static_cast<int64_t>(out_size)).view(cast->second);
-      dst.copy_(at::from_blob(const_cast<uint8_t*>(src), {elems}, at::TensorOptions().dtype(cast->first)));
-      src = static_cast<const uint8_t*>(dst.data_ptr());
-      wn = static_cast<uint64_t>(elems) * out_size;
-      pos = out_at + (at - from) / in_size * out_size;
-    }
-    for (uint64_t put = 0; out >= 0 && put < wn;) {
-      const ssize_t w = ::pwrite(out, src + put, static_cast<size_t>(std::min<uint64_t>(wn - put, 1u << 30)),
-                                 static_cast<off_t>(pos + put));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) {
-        if (hasher) hasher->wait();
-        throw std::runtime_error(quoted(out_path) + ": write failed (" + std::strerror(errno) + ")");
+    if (sink) {
+      try {
+        sink(base + at, n);
+      } catch (...) {
+        if (hasher) hasher->wait();  // its thread reads the mapping
+        throw;
       }
-      put += static_cast<uint64_t>(w);
     }
     if (hasher) hasher->wait();
     const uint64_t pb = at / page * page,
@@ -475,8 +481,6 @@ ConvertReport convert_checkpoint(const std::string& dir, const std::string& out,
                              : fs::path(dir).filename().string();
   if (opt.dtype) source["cast"] = dtype_name(*opt.dtype);
   h5::WeightsWriter w(out, {{"config", oc.ck.config_json}, {"key_layout", oc.key_layout}}, opt.gzip_level);
-  Fd h5_out(w.tmp_path(), O_WRONLY);  // raw tensor bytes go straight into the datasets reserved in it
-  at::Tensor scratch;                 // --dtype: one chunk cast at a time
 
   std::vector<std::vector<long>> kept(oc.files.size());  // shard -> entry -> index into oc.tensors, or -1
   for (size_t s = 0; s < oc.files.size(); ++s) kept[s].assign(oc.files[s].entries().size(), -1);
@@ -492,20 +496,30 @@ ConvertReport convert_checkpoint(const std::string& dir, const std::string& out,
     for (size_t i = 0; i < f.entries().size(); ++i) {
       const SafetensorsEntry& e = f.entries()[i];
       const uint64_t b = f.data_start() + e.begin, end = f.data_start() + e.end;
-      stream_bytes(base, hashed, b, &hasher, -1, "", 0);  // the header, or a gap between tensors
+      stream_bytes(base, hashed, b, &hasher);  // the header (tensors are contiguous)
       hashed = std::max(hashed, b);
       if (kept[s][i] < 0) {  // dropped on purpose: hashed, not written
-        stream_bytes(base, hashed, end, &hasher, -1, "", 0);
+        stream_bytes(base, hashed, end, &hasher);
       } else if (opt.gzip_level == 0 && e.scalar_type != at::kBool) {
-        // The safetensors bytes are the stored bytes (little-endian): copy them, or cast them chunk by
-        // chunk, hashing on the way.
+        // The safetensors bytes are the stored bytes (little-endian): copy them, or cast them, one HDF5 chunk
+        // at a time into the stream's buffer, which writes it with its checksum; hashing on the way.
         const at::ScalarType outd = output_dtype(e.scalar_type, opt.dtype);
-        const uint64_t at = w.reserve(oc.tensors[kept[s][i]].key, outd, e.shape);
-        stream_bytes(base, hashed, end, &hasher, h5_out.fd, w.tmp_path(), at,
-                     outd == e.scalar_type ? Cast{} : Cast{{e.scalar_type, outd}}, &scratch);
+        const uint64_t in_size = at::elementSize(e.scalar_type);
+        h5::DatasetStream ds = w.stream(oc.tensors[kept[s][i]].key, outd, e.shape);
+        stream_bytes(
+            base, hashed, end, &hasher, [&](uint64_t) { return ds.next_elems() * in_size; },
+            [&](const uint8_t* src, uint64_t n) {
+              if (outd == e.scalar_type)
+                std::memcpy(ds.buffer(), src, static_cast<size_t>(n));
+              else
+                cast_into(ds.buffer(), src, n, {e.scalar_type, outd});
+              ds.put();
+            });
+        if (ds.next_elems() != 0)
+          throw std::logic_error(quoted(w.tmp_path()) + ": tensor '" + e.name + "' was not written whole");
       } else {
         // gzip, or bool (normalised to 0/1): through a tensor over the mapped bytes, dropped once written.
-        stream_bytes(base, hashed, end, &hasher, -1, "", 0);
+        stream_bytes(base, hashed, end, &hasher);
         f.prefetch(e);
         w.add(oc.tensors[kept[s][i]].key, cast_for_output(f.view(e), opt.dtype));
         f.release(e);
@@ -517,7 +531,7 @@ ConvertReport convert_checkpoint(const std::string& dir, const std::string& out,
       }
       if (opt.progress) opt.progress(rep.bytes, oc.tensor_bytes);
     }
-    stream_bytes(base, hashed, f.file_size(), &hasher, -1, "", 0);  // trailing bytes
+    stream_bytes(base, hashed, f.file_size(), &hasher);  // none: the header check refuses trailing bytes
     hasher.wait();
     source["shards"].push_back({{"file", base_name(oc.ck.shards[s])}, {"sha256", sha.hex()}});
   }
@@ -680,8 +694,10 @@ ExportReport export_safetensors(const std::string& h5_path, const std::string& o
       if (!cj) throw std::runtime_error(quoted(tmp + "/config.json") + ": write failed");
     }
     h5::File f = h5::open_read(h5_path);
+    h5::note_if_unchecksummed(f.id(), h5_path);
     Mapped h5_in(h5_path);
-    at::Tensor scratch;  // --dtype: one chunk cast at a time
+    std::vector<uint8_t> chunk;  // one stored chunk (ChunkReader)
+    std::vector<uint8_t> cast;   // --dtype: one piece cast at a time
     nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
     for (size_t s = 0; s < shards.size(); ++s) {
       const std::string name = shard_name(s);
@@ -690,15 +706,38 @@ ExportReport export_safetensors(const std::string& h5_path, const std::string& o
       SafetensorsWriter sw(tmp + "/" + name, plan, {{"format", "pt"}});
       for (size_t i : shards[s]) {
         const Item& it = items[i];
-        uint64_t from = 0, n = 0;
-        if (it.stored != at::kBool && it.nbytes > 0 && raw_span(f.id(), it.h5_path, it.stored_bytes, &from)) {
-          // Stored as the safetensors bytes: copy (or cast) them chunk by chunk, no tensor in memory.
-          const uint64_t to = sw.begin_raw(it.plan.dtype, it.plan.shape, &n);
-          if (from + it.stored_bytes > h5_in.size)
-            throw std::runtime_error(quoted(h5_path) + ":/" + it.h5_path +
-                                     ": data beyond the end of the file");
-          stream_bytes(h5_in.base, from, from + it.stored_bytes, nullptr, sw.fd(), tmp + "/" + name, to,
-                       it.stored == it.plan.dtype ? Cast{} : Cast{{it.stored, it.plan.dtype}}, &scratch);
+        const std::string where = quoted(h5_path) + ":/" + it.h5_path;
+        const std::string shard_path = tmp + "/" + name;
+        const Cast conv = it.stored == it.plan.dtype ? Cast{} : Cast{{it.stored, it.plan.dtype}};
+        uint64_t pos = 0, n = 0;
+        // Writes a piece of stored bytes into the shard at `pos` (cast on the way), advancing pos.
+        auto put = [&](const uint8_t* src, uint64_t bytes) {
+          if (conv) {
+            const uint64_t out_bytes = bytes / at::elementSize(conv->first) * at::elementSize(conv->second);
+            if (cast.size() < out_bytes) cast.resize(out_bytes);
+            cast_into(cast.data(), src, bytes, *conv);
+            src = cast.data();
+            bytes = out_bytes;
+          }
+          pwrite_all(sw.fd(), shard_path, src, bytes, pos);
+          pos += bytes;
+        };
+        uint64_t from = 0;
+        std::optional<h5::ChunkReader> chunks;
+        if (it.stored != at::kBool && it.nbytes > 0 && !raw_span(f.id(), it.h5_path, it.stored_bytes, &from))
+          chunks.emplace(f.id(), it.h5_path, where, &chunk);
+        if (it.stored != at::kBool && it.nbytes > 0 && chunks && chunks->usable()) {
+          // Chunked with Fletcher-32 (what qvl writes): chunk by chunk, each checksum verified, no tensor in
+          // memory.
+          pos = sw.begin_raw(it.plan.dtype, it.plan.shape, &n);
+          const uint64_t item = at::elementSize(it.stored);
+          for (uint64_t e = chunks->next_elems(); e > 0; e = chunks->next_elems()) put(chunks->next(), e * item);
+          sw.end_raw();
+        } else if (it.stored != at::kBool && it.nbytes > 0 && !chunks) {
+          // Contiguous and unfiltered (files written before checksums): the stored bytes, 16 MiB at a time.
+          pos = sw.begin_raw(it.plan.dtype, it.plan.shape, &n);
+          if (from + it.stored_bytes > h5_in.size) throw std::runtime_error(where + ": data beyond the end of the file");
+          stream_bytes(h5_in.base, from, from + it.stored_bytes, nullptr, {}, put);
           sw.end_raw();
         } else {
           at::Tensor t = h5::read_tensor(f.id(), it.h5_path, quoted(h5_path) + ":/" + it.h5_path);
@@ -777,10 +816,158 @@ Weights load_weights_any(const std::string& path, ModelConfig* cfg, std::string*
   if (fs::is_directory(path)) return load_checkpoint(path, cfg, config_json);
   h5::WeightsFile wf = h5::read_weights(path);
   ModelConfig c = parse_model_config(wf.config_json, path + ":config");
-  resolve_tied_lm_head(wf.weights, c);
+  // A vision-only file (qvl import --weights-out: the conversion framework's vision_weights.pt) has no text side.
+  if (wf.attrs.count("scope") == 0 || wf.attrs.at("scope") != "vision") resolve_tied_lm_head(wf.weights, c);
   if (cfg) *cfg = c;
   if (config_json) *config_json = wf.config_json;
   return wf.weights;
+}
+
+// ------------------------------------------------------------------------------------------------------
+namespace {
+bool stream_unit_prefix(const std::string& key, std::string* unit) {
+  for (const char* stack : {"model.visual.blocks.", "model.language_model.layers."}) {
+    if (!starts_with(key, stack)) continue;
+    const size_t a = std::string(stack).size(), dot = key.find('.', a);
+    if (dot == std::string::npos || dot == a) return false;
+    *unit = key.substr(0, dot);
+    return true;
+  }
+  return false;
+}
+
+at::ScalarType load_dtype(at::ScalarType stored, std::optional<at::ScalarType> dtype) {
+  return dtype && at::isFloatingType(stored) ? *dtype : stored;
+}
+
+// The tensors of an open checkpoint, read from the mapped shards on demand.
+class CheckpointSource : public TensorSource {
+ public:
+  CheckpointSource(OpenCheckpoint oc, std::optional<at::ScalarType> dtype) : oc_(std::move(oc)), dtype_(dtype) {
+    for (size_t i = 0; i < oc_.tensors.size(); ++i) by_key_[oc_.tensors[i].key] = i;
+    for (const auto& path : oc_.ck.shards) {
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0) throw std::runtime_error(quoted(path) + ": cannot stat (" + std::strerror(errno) + ")");
+      opened_.push_back(st);
+    }
+  }
+  const OpenCheckpoint& checkpoint() const { return oc_; }
+
+  at::Tensor load(const std::string& key) const override {
+    auto it = by_key_.find(key);
+    if (it == by_key_.end()) throw std::runtime_error(quoted(oc_.ck.dir) + ": no tensor '" + key + "' in the checkpoint");
+    const OpenCheckpoint::Tensor& t = oc_.tensors[it->second];
+    const SafetensorsEntry& e = oc_.entry(t);
+    const std::string& path = oc_.ck.shards[t.shard];
+    const std::string what = "shard '" + base_name(path) + "' (tensor '" + e.name + "'" +
+                             (e.name == key ? std::string() : ", '" + key + "'") + ")";
+    // The shard must still be the file that was opened and mapped: reading a mapping past a truncated end is
+    // a SIGBUS, and a removed or replaced shard means the checkpoint changed under the run.
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0)
+      throw std::runtime_error(what + ": the shard has disappeared since it was opened (" + path + ": " + std::strerror(errno) + ")");
+    const struct stat& was = opened_[t.shard];
+    const uint64_t need = oc_.files[t.shard].data_start() + e.end;
+    if (static_cast<uint64_t>(st.st_size) < need) {
+      throw std::runtime_error(what + ": the shard is truncated: it now has " + std::to_string(st.st_size) +
+                               " bytes, the tensor needs bytes up to " + std::to_string(need) + " (" +
+                               std::to_string(was.st_size) + " when opened; " + path + ")");
+    }
+    if (st.st_dev != was.st_dev || st.st_ino != was.st_ino || st.st_size != was.st_size) {
+      throw std::runtime_error(what + ": the shard was replaced or resized since it was opened (" + path + ")");
+    }
+    return oc_.files[t.shard].read_as(e, load_dtype(e.scalar_type, dtype_));
+  }
+
+ private:
+  OpenCheckpoint oc_;
+  std::optional<at::ScalarType> dtype_;
+  std::map<std::string, size_t> by_key_;
+  std::vector<struct stat> opened_;
+};
+
+// The datasets of a qvl.weights file, read (one dataset each) on demand.
+class H5Source : public TensorSource {
+ public:
+  H5Source(const std::string& path, std::optional<at::ScalarType> dtype)
+      : path_(path), file_(std::make_shared<h5::File>(h5::open_read(path))), dtype_(dtype) {}
+  at::Tensor load(const std::string& key) const override {
+    std::string slash = key;
+    std::replace(slash.begin(), slash.end(), '.', '/');
+    at::Tensor t = h5::read_tensor(file_->id(), slash, quoted(path_) + ":/" + slash);
+    const at::ScalarType want = load_dtype(t.scalar_type(), dtype_);
+    return want == t.scalar_type() ? t : t.to(want);
+  }
+  hid_t id() const { return file_->id(); }
+
+ private:
+  std::string path_;
+  std::shared_ptr<h5::File> file_;
+  std::optional<at::ScalarType> dtype_;
+};
+}  // namespace
+
+StreamedWeights open_weights_streamed(const std::string& path, std::optional<at::ScalarType> dtype) {
+  StreamedWeights sw;
+  std::vector<std::string> units;
+  at::ScalarType embed_dtype = at::kFloat;
+  auto add = [&](Weights& w, const std::shared_ptr<const TensorSource>& src, const std::string& key,
+                 const std::vector<int64_t>& shape, at::ScalarType stored, uint64_t nbytes) {
+    const at::ScalarType out = load_dtype(stored, dtype);
+    sw.cast = sw.cast || out != stored;
+    sw.stored_bytes += nbytes;
+    w.set_lazy(key, src, key, shape, out);
+    if (key == kEmbed) embed_dtype = out;
+    std::string unit;
+    if (stream_unit_prefix(key, &unit) && (units.empty() || units.back() != unit)) units.push_back(unit);
+  };
+  Weights w;
+  std::shared_ptr<const TensorSource> src;
+  if (fs::is_directory(path)) {
+    auto cs = std::make_shared<CheckpointSource>(open_checkpoint(path), dtype);
+    src = cs;
+    const OpenCheckpoint& oc = cs->checkpoint();
+    sw.cfg = oc.cfg;
+    sw.config_json = oc.ck.config_json;
+    for (const auto& t : oc.tensors) {
+      const SafetensorsEntry& e = oc.entry(t);
+      add(w, src, t.key, e.shape, e.scalar_type, e.end - e.begin);
+    }
+  } else {
+    auto hs = std::make_shared<H5Source>(path, dtype);
+    src = hs;
+    const std::string where = quoted(path);
+    if (!h5::has_attr(hs->id(), "format") || h5::attr_str(hs->id(), "format", where) != "qvl.weights")
+      throw std::runtime_error(where + ": not a qvl weights file (no format = 'qvl.weights' attribute)");
+    if (!h5::has_attr(hs->id(), "config"))
+      throw std::runtime_error(where + ": missing root attribute 'config' (the HF config.json)");
+    sw.config_json = h5::attr_str(hs->id(), "config", where);
+    sw.cfg = parse_model_config(sw.config_json, path + ":config");
+    for (const auto& t : list_h5_tensors(path)) {
+      add(w, src, t.path, t.shape, torch_dtype_of(t.dtype, where + ":/" + t.path), t.nbytes);
+    }
+  }
+  if (!w.has("lm_head.weight")) {
+    if (!sw.cfg.text.tie_word_embeddings)
+      throw std::runtime_error("missing key 'lm_head.weight' and tie_word_embeddings is false in " + sw.cfg.source);
+    w.set_lazy("lm_head.weight", src, kEmbed, w.leaf_shape(kEmbed), embed_dtype);
+  }
+  for (const auto& u : units) w.mark_unit(u);
+  sw.weights = w;
+  return sw;
+}
+
+ReplayModel load_replay_model(const std::string& path, const Recording& rec, bool stream) {
+  if (!stream) {
+    ModelConfig wcfg;
+    return replay_model(load_weights_any(path, &wcfg), wcfg, rec);
+  }
+  StreamedWeights sw = open_weights_streamed(path, replay_dtype(rec));
+  ReplayModel m;
+  m.config = recording_config(rec, sw.cfg);
+  m.cast = sw.cast;
+  m.weights = sw.weights;
+  return m;
 }
 
 }  // namespace qvl

@@ -24,6 +24,7 @@
 #include "converter/safetensors.h"
 #include "functional/config.h"
 #include "functional/weights.h"
+#include "instrument/replay.h"
 
 namespace qvl {
 
@@ -99,10 +100,11 @@ struct ConvertReport {
 };
 
 // Streams every tensor of `dir` into a qvl.weights HDF5 file at `out`: a temporary file next to it, renamed
-// when complete. Tensor bytes go from the mapped shards into datasets reserved in the file, 16 MiB at a time
-// (cast chunk by chunk with a dtype), the pages dropped once written, while a second thread hashes each
-// shard: the memory used does not grow with the tensors. With gzip (and for BOOL tensors, normalised to
-// 0/1) a whole tensor goes through HDF5's filters instead: about the largest tensor more.
+// when complete. Tensor bytes go from the mapped shards into the file one HDF5 chunk (at most 16 MiB) at a
+// time, each written with its Fletcher-32 checksum (h5::DatasetStream; cast chunk by chunk with a dtype),
+// the pages dropped once written, while a second thread hashes each shard: the memory used does not grow
+// with the tensors. With gzip (and for BOOL tensors, normalised to 0/1) a whole tensor goes through HDF5's
+// filters instead: about the largest tensor more.
 ConvertReport convert_checkpoint(const std::string& dir, const std::string& out,
                                  const ConvertOptions& opt = {});
 
@@ -123,7 +125,9 @@ struct ExportReport {
 };
 
 // qvl.weights HDF5 -> a Hugging Face checkpoint directory `out_dir` (must not exist, or be empty), after
-// checking every shape against the file's config (converter/shapes.h):
+// checking every shape against the file's config (converter/shapes.h). Tensors stream chunk by chunk, each
+// chunk's checksum verified (a damaged one is an h5::CorruptError naming the dataset), or 16 MiB at a time
+// from files written before checksums; gzip'd and BOOL tensors are read whole. Writes
 // config.json (from the file's config attribute), the shards (model.safetensors, or
 // model-0000i-of-0000N.safetensors + model.safetensors.index.json past max_shard_bytes), metadata
 // {"format": "pt"}. Written into a temporary directory next to `out_dir`, renamed when complete.
@@ -149,5 +153,31 @@ std::vector<std::string> remove_stale_temporaries(const std::string& final_path)
 // Loads the weights for `qvl check` and friends: a qvl.weights .h5 file, or a checkpoint directory (checked
 // as open_checkpoint does).
 Weights load_weights_any(const std::string& path, ModelConfig* cfg, std::string* config_json = nullptr);
+
+// ---- Streamed weights (qvl check --stream, qvl run --stream) -------------------------------------------
+// A lazy tree (functional/weights.h) over a checkpoint directory or a qvl.weights file: the same paths as
+// load_weights_any gives, with no tensor data read. Each tensor is read when a module asks for it, cast to
+// `dtype` (floating tensors only, as cast_floating does) and owned by the caller; every decoder layer and
+// vision block is a stream unit, so a forward pass holds one layer at a time.
+//   - checkpoint directory: open_checkpoint's checks first (headers, index, layout, shapes); then a tensor is
+//     copied (cast) from the memory-mapped shard 64 MiB at a time, dropping the mapped pages once copied, so
+//     the resident set grows by the loaded tensor only. No conversion step. Before each read the shard is
+//     checked against what was opened: a shard that has disappeared, was replaced or is truncated is one
+//     error naming the shard and the key (a truncation racing the copy itself is not caught: SIGBUS).
+//   - qvl.weights file: the tree is listed from the HDF5 metadata; a tensor is read (its dataset only) and
+//     cast when asked for.
+// A tied lm_head is a lazy leaf reading the embedding.
+struct StreamedWeights {
+  Weights weights;
+  ModelConfig cfg;
+  std::string config_json;
+  bool cast = false;         // some floating tensor is stored in another dtype than `dtype`
+  uint64_t stored_bytes = 0;
+};
+StreamedWeights open_weights_streamed(const std::string& path, std::optional<at::ScalarType> dtype);
+
+// What a replay of `rec` needs from the weights at `path`: replay_model(load_weights_any(path)), or with
+// `stream` the same config over open_weights_streamed(path, the recording's dtype).
+ReplayModel load_replay_model(const std::string& path, const Recording& rec, bool stream);
 
 }  // namespace qvl

@@ -128,6 +128,26 @@ at::Tensor SafetensorsFile::view(const SafetensorsEntry& e) const {
       const_cast<uint8_t*>(bytes(e)), e.shape, [keep](void*) {}, at::TensorOptions().dtype(e.scalar_type));
 }
 
+at::Tensor SafetensorsFile::read_as(const SafetensorsEntry& e, at::ScalarType dtype, uint64_t chunk_bytes) const {
+  if (e.scalar_type == at::kBool) return read(e.name).to(dtype);
+  at::Tensor out = at::empty(e.shape, at::TensorOptions().dtype(dtype));
+  const int64_t numel = out.numel();
+  if (numel == 0) return out;
+  const int64_t item = static_cast<int64_t>(at::elementSize(e.scalar_type));
+  const int64_t step = std::max<int64_t>(1, static_cast<int64_t>(chunk_bytes) / item);
+  at::Tensor flat = out.view({-1});
+  for (int64_t a = 0; a < numel; a += step) {
+    const int64_t n = std::min(step, numel - a);
+    SafetensorsEntry part = e;
+    part.begin = e.begin + static_cast<uint64_t>(a * item);
+    part.end = part.begin + static_cast<uint64_t>(n * item);
+    at::Tensor src = at::from_blob(const_cast<uint8_t*>(bytes(part)), {n}, at::TensorOptions().dtype(e.scalar_type));
+    flat.slice(0, a, a + n).copy_(src);
+    release(part);
+  }
+  return out;
+}
+
 namespace {
 // The page-aligned span of an entry inside the mapping.
 std::pair<uint8_t*, size_t> page_span(const uint8_t* base, uint64_t begin, uint64_t end) {

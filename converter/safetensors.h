@@ -3,7 +3,8 @@
 // Layout: 8-byte little-endian header length N, N bytes of JSON header, then the data. The header is parsed
 // and every entry checked by parse_safetensors_header (converter/safetensors_header.h, no LibTorch) before
 // any tensor is read: a known dtype, a non-negative shape, offsets inside the data area, byte count ==
-// numel x itemsize, and no two entries overlapping. Errors name the file, the tensor and the offending
+// numel x itemsize, and the entries tiling the data area exactly (no overlap, no gap, nothing after the
+// last one: the reference library's rule). Errors name the file, the tensor and the offending
 // value, so a truncated or hostile file gives one clear message and never a crash.
 //
 // Dtypes: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL, and FP8 F8_E4M3 / F8_E5M2, read as torch's
@@ -41,6 +42,10 @@ class SafetensorsFile {
   // A tensor over the mapped bytes, no copy; it keeps the mapping alive. READ-ONLY: the pages are mapped
   // PROT_READ, so writing into it faults. BOOL entries are copied (bytes other than 0/1 become true).
   at::Tensor view(const SafetensorsEntry& e) const;
+  // A copy of the entry in `dtype` (a cast when it differs: floating types only, as at::Tensor::to does),
+  // made `chunk_bytes` of the file at a time, each chunk's mapped pages dropped from this process's resident
+  // set once copied: the resident set grows by the output tensor only (for streamed loading).
+  at::Tensor read_as(const SafetensorsEntry& e, at::ScalarType dtype, uint64_t chunk_bytes = 64ull << 20) const;
   // The raw bytes of an entry inside the mapping (end - begin of them).
   const uint8_t* bytes(const SafetensorsEntry& e) const;
   // Page-cache hints for streaming: read ahead an entry, and drop its pages from this process's resident

@@ -157,13 +157,32 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* file, uint64_t size, c
             [](const SafetensorsHeaderEntry& a, const SafetensorsHeaderEntry& b) {
               return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
             });
-  for (size_t i = 1; i < h.entries.size(); ++i) {
-    const auto &a = h.entries[i - 1], &b = h.entries[i];
-    if (b.begin < a.end) {
-      throw err(where + ": tensors '" + a.name + "' [" + std::to_string(a.begin) + ", " +
-                std::to_string(a.end) + ") and '" + b.name + "' [" + std::to_string(b.begin) + ", " +
-                std::to_string(b.end) + ") overlap");
+  // The reference library's rule: sorted by offset, the tensors tile the data area exactly, from 0 to its
+  // end. Bytes that no tensor accounts for (a gap between two tensors, or after the last one) make the file a
+  // polyglot, so they are refused like overlaps. Empty tensors ([k, k]) fit anywhere on a boundary.
+  uint64_t covered = 0;  // the data area is covered contiguously up to here
+  const SafetensorsHeaderEntry* prev = nullptr;
+  for (const auto& e : h.entries) {
+    if (e.begin < covered) {
+      throw err(where + ": tensors '" + prev->name + "' [" + std::to_string(prev->begin) + ", " +
+                std::to_string(prev->end) + ") and '" + e.name + "' [" + std::to_string(e.begin) + ", " +
+                std::to_string(e.end) + ") overlap");
     }
+    if (e.begin > covered) {
+      throw err(where + ": tensor '" + e.name + "' starts at data offset " + std::to_string(e.begin) +
+                ", but " + (prev ? "tensor '" + prev->name + "' ends at " : std::string("the data area starts at ")) +
+                std::to_string(covered) + ": " + std::to_string(e.begin - covered) +
+                " bytes in between belong to no tensor (the safetensors library refuses such a gap)");
+    }
+    covered = e.end;
+    prev = &e;
+  }
+  if (covered != h.data_bytes) {
+    throw err(where + ": " + std::to_string(h.data_bytes - covered) + " bytes after the last tensor" +
+              (prev ? " '" + prev->name + "' (which ends at data offset " + std::to_string(covered) + ")"
+                    : std::string(" (the header names none)")) +
+              " belong to no tensor: the data area is " + std::to_string(h.data_bytes) +
+              " bytes (the safetensors library refuses a file not fully covered)");
   }
   return h;
 }

@@ -11,8 +11,10 @@
 //   - each entry: a known dtype, a shape of non-negative integers (rank <= kMaxRank, each < 2^63),
 //     data_offsets [begin, end] with begin <= end <= the data area's size, and
 //     end - begin == numel x itemsize (no overflow);
-//   - sorted by begin, no two entries overlap. Holes between tensors and trailing bytes are allowed (the
-//     bytes are ignored); the reference writer never makes them.
+//   - sorted by (begin, end), the entries tile the data area exactly: the first begins at 0, each begins
+//     where the one before ends (no overlap, no gap), and the last ends at the end of the file. This is the
+//     rule of the reference safetensors library ("invalid offset", "file not fully covered"): bytes that no
+//     tensor accounts for would make the file a polyglot. Empty tensors ([k, k]) are fine on a boundary.
 #pragma once
 
 #include <cstdint>
@@ -48,7 +50,7 @@ struct SafetensorsHeader {
   uint64_t header_bytes = 0;                    // N
   uint64_t data_start = 0;                      // 8 + N
   uint64_t data_bytes = 0;                      // file size - data_start
-  std::vector<SafetensorsHeaderEntry> entries;  // sorted by begin
+  std::vector<SafetensorsHeaderEntry> entries;  // sorted by begin; they tile [0, data_bytes)
   std::map<std::string, std::string> metadata;
 };
 

@@ -21,7 +21,7 @@ at::Tensor patch_embed(const Weights& w, const at::Tensor& pixel_values, const V
                        Recorder* rec = nullptr);
 
 // Mirrors Qwen2_5_VLPatchMerger.forward.
-//   x    [S, C_v]        patches in window order, each 2x2 merge block contiguous (m = 2)
+//   x    [S, C_v]        patches in window order, each m x m merge block contiguous (m = spatial_merge_size; the tiny_merge3_mha scenario has m = 3)
 //   out  [S/m^2, out_D]  out_D = out_hidden_size
 // Weights: ln_q.weight [C_v]; mlp.0.{weight [C_v*m^2, C_v*m^2], bias}; mlp.2.{weight [out_D, C_v*m^2], bias}.
 // Quirks: ln_q is an RMSNorm with eps 1e-6; row g of the view concatenates patches m^2*g .. m^2*g+m^2-1;

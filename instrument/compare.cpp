@@ -51,6 +51,19 @@ size_t record_vision_chained(const Weights& root, const ModelConfig& cfg, const 
   return writer.size();
 }
 
+int first_divergent_call(const std::vector<CallHeader>& calls, const std::vector<bool>& failing) {
+  if (failing.size() != calls.size()) throw std::runtime_error("first_divergent_call: one flag per call expected");
+  const int64_t n = static_cast<int64_t>(calls.size());
+  std::vector<bool> failing_descendant(calls.size(), false);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!failing[i]) continue;
+    for (int64_t p = calls[i].parent; p >= 0 && p < n; p = calls[p].parent) failing_descendant[p] = true;
+  }
+  for (int64_t i = 0; i < n; ++i)
+    if (failing[i] && !failing_descendant[i]) return static_cast<int>(i);
+  return -1;
+}
+
 CompareReport compare_recordings(const Recording& ref, const Recording& ours) {
   CompareReport rep;
   std::map<std::pair<std::string, int64_t>, size_t> ours_index;
@@ -87,19 +100,13 @@ CompareReport compare_recordings(const Recording& ref, const Recording& ours) {
     rep.failed += !row.pass;
     rep.rows.push_back(std::move(row));
   }
-  // The first divergence is the earliest call to *finish* with a divergent output. Calls are numbered in
-  // pre-order (a parent before its children, but it finishes after them), so it is the failing call with
-  // no failing descendant that comes first.
-  std::vector<bool> failing_descendant(rep.rows.size(), false);
+  std::vector<CallHeader> headers;
+  std::vector<bool> failing;
   for (const auto& r : rep.rows) {
-    if (!r.present || r.pass) continue;
-    for (int64_t p = r.ref.parent; p >= 0 && p < static_cast<int64_t>(rep.rows.size()); p = rep.rows[p].ref.parent) {
-      failing_descendant[p] = true;
-    }
+    headers.push_back(r.ref);
+    failing.push_back(r.present && !r.pass);
   }
-  for (size_t i = 0; i < rep.rows.size() && rep.first_divergent < 0; ++i) {
-    if (rep.rows[i].present && !rep.rows[i].pass && !failing_descendant[i]) rep.first_divergent = static_cast<int>(i);
-  }
+  rep.first_divergent = first_divergent_call(headers, failing);
   return rep;
 }
 

@@ -42,6 +42,12 @@ size_t record_vision_chained(const Weights& root, const ModelConfig& cfg, const 
 size_t record_model_chained(const Weights& root, const ModelConfig& cfg, const Recording& ref,
                             const std::string& out_path);
 
+// The first divergent call: the earliest call to *finish* with a failing output. Calls are numbered in pre-order
+// (a parent before its children, though it finishes after them), so it is the first failing call that has no
+// failing descendant. `failing[i]` belongs to calls[i]; parents are CallHeader::parent (an index into calls).
+// Returns -1 when nothing fails. One rule for `qvl compare`, `qvl check` and their HTML reports.
+int first_divergent_call(const std::vector<CallHeader>& calls, const std::vector<bool>& failing);
+
 // Judges `ours` against `ref` with the thresholds of the reference's dtype. bf16: ours and HF's bf16
 // outputs against the reference's fp32 chain (outputs_fp32_chain: the fp32 model run end to end; older
 // recordings without it fall back to the per-call outputs_fp32), ours at most 2x HF's own error.

@@ -4,10 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 
 namespace qvl::h5 {
 namespace fs = std::filesystem;
@@ -23,13 +27,90 @@ void quiet() {
   (void)done;
 }
 
+bool mentions_checksum(const std::string& stack) {
+  std::string lower = stack;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  return lower.find("checksum") != std::string::npos;
+}
+
+// An HDF5 call failed: a CorruptError when HDF5 says a checksum did not match (a damaged object header,
+// group or superblock of a checksummed file), else an Error.
+[[noreturn]] void fail(const std::string& what) {
+  const std::string stack = take_error_stack();
+  if (mentions_checksum(stack)) throw CorruptError(what + ": the file is corrupt (HDF5: " + stack + ")");
+  throw Error(what);
+}
+
+// After a negative answer from a query (H5Lexists, H5Aexists, H5Oopen): a checksum failure is corruption,
+// anything else means "no".
+void throw_if_corrupt(const std::string& what) {
+  const std::string stack = take_error_stack();
+  if (mentions_checksum(stack)) throw CorruptError(what + ": the file is corrupt (HDF5: " + stack + ")");
+}
+
 void check(herr_t rc, const std::string& what) {
-  if (rc < 0) throw Error(what);
+  if (rc < 0) fail(what);
 }
 
 hid_t check_id(hid_t id, const std::string& what) {
-  if (id < 0) throw Error(what);
+  if (id < 0) fail(what);
   return id;
+}
+
+// The creation properties of a new dataset (see "Integrity" in h5io.h): compact when scalar or empty, else
+// chunked (chunk_dims) with [shuffle, gzip] and Fletcher-32 last.
+Handle dataset_dcpl(const std::vector<hsize_t>& dims, size_t itemsize, int gzip_level) {
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  uint64_t numel = 1;
+  for (hsize_t d : dims) numel *= d;
+  if (dims.empty() || numel == 0) {
+    check(H5Pset_layout(dcpl.id(), H5D_COMPACT), "set a compact layout");
+    return dcpl;
+  }
+  const bool gzip = gzip_level > 0 && numel >= 256;
+  const std::vector<hsize_t> chunk = chunk_dims(dims, itemsize, gzip ? kGzipChunkBytes : kChunkBytes);
+  check(H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()), "set the chunk dims");
+  if (gzip) {
+    check(H5Pset_shuffle(dcpl.id()), "set the shuffle filter");
+    check(H5Pset_deflate(dcpl.id(), static_cast<unsigned>(gzip_level)), "set the gzip filter");
+  }
+  check(H5Pset_fletcher32(dcpl.id()), "set the Fletcher-32 filter");
+  return dcpl;
+}
+
+// The dim that chunks of chunk_dims' form cut: chunk[i] == 1 before it and == dims[i] after it. False if
+// `chunk` is not of that form.
+bool chunk_split(const std::vector<hsize_t>& dims, const std::vector<hsize_t>& chunk, size_t* split) {
+  if (dims.empty() || chunk.size() != dims.size()) return false;
+  size_t k = dims.size() - 1;
+  while (k > 0 && chunk[k] == dims[k]) --k;
+  for (size_t i = 0; i < k; ++i)
+    if (chunk[i] != 1) return false;
+  if (chunk[k] == 0 || chunk[k] > dims[k]) return false;
+  *split = k;
+  return true;
+}
+
+// The chunk that holds row-major element `at` (a chunk start), as coordinates, and its elements in the
+// dataset (fewer than a full chunk at the end of dim `split`).
+uint64_t piece_at(const std::vector<hsize_t>& dims, const std::vector<hsize_t>& chunk, size_t split,
+                  uint64_t inner, uint64_t at, std::vector<hsize_t>* offset) {
+  const uint64_t span = dims[split] * inner;  // elements of one index of the dims before split
+  uint64_t slab = at / span;
+  const uint64_t b = (at % span) / inner;
+  offset->assign(dims.size(), 0);
+  (*offset)[split] = b;
+  for (size_t i = split; i-- > 0;) {
+    (*offset)[i] = slab % dims[i];
+    slab /= dims[i];
+  }
+  return std::min<uint64_t>(chunk[split], dims[split] - b) * inner;
+}
+
+std::string coords(const std::vector<hsize_t>& c) {
+  std::string s = "[";
+  for (size_t i = 0; i < c.size(); ++i) s += (i ? ", " : "") + std::to_string(c[i]);
+  return s + "]";
 }
 
 struct DtypeInfo {
@@ -135,7 +216,14 @@ File open_read(const std::string& path) {
     throw Error("'" + path + "': not an HDF5 file, or corrupt (" + std::to_string(fs::file_size(path)) + " bytes)");
   }
   hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (id < 0) throw Error("'" + path + "': cannot open as HDF5 (corrupt or truncated?)");
+  if (id < 0) fail("'" + path + "': cannot open as HDF5 (corrupt or truncated?)");
+  return File{Handle(id, H5Fclose), path};
+}
+
+File open_write(const std::string& path) {
+  quiet();
+  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  if (id < 0) fail("'" + path + "': cannot open as HDF5 for writing");
   return File{Handle(id, H5Fclose), path};
 }
 
@@ -143,9 +231,137 @@ File create_truncate(const std::string& path) {
   quiet();
   Handle fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
   H5Pset_link_creation_order(fcpl.id(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
-  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.id(), H5P_DEFAULT);
+  // The HDF5 1.8 format: checksummed object headers (so compact scalars are covered too), readable by
+  // HDF5 1.8 and later.
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  check(H5Pset_libver_bounds(fapl.id(), H5F_LIBVER_V18, H5F_LIBVER_V18), "'" + path + "': set the file format");
+  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.id(), fapl.id());
   if (id < 0) throw Error("'" + path + "': cannot create HDF5 file");
   return File{Handle(id, H5Fclose), path};
+}
+
+// ------------------------------------------------------------------------------------------------------
+std::string take_error_stack() {
+  const hid_t st = H5Eget_current_stack();
+  if (st < 0) return "";
+  std::string out;
+  auto each = [](unsigned, const H5E_error2_t* e, void* data) -> herr_t {
+    auto* text = static_cast<std::string*>(data);
+    const std::string desc = e->desc ? e->desc : "";
+    if (!desc.empty() && text->find(desc) == std::string::npos) *text += (text->empty() ? "" : "; ") + desc;
+    return 0;
+  };
+  H5Ewalk2(st, H5E_WALK_DOWNWARD, each, &out);
+  H5Eclose_stack(st);
+  return out;
+}
+
+std::vector<hsize_t> chunk_dims(const std::vector<hsize_t>& dims, size_t itemsize, uint64_t limit) {
+  std::vector<hsize_t> chunk(dims.size(), 1);
+  uint64_t inner = itemsize;  // bytes of the trailing dims taken whole so far (<= limit)
+  for (size_t k = dims.size(); k-- > 0;) {
+    if (dims[k] <= limit / inner) {
+      chunk[k] = dims[k];
+      inner *= dims[k];
+    } else {
+      chunk[k] = std::max<uint64_t>(1, limit / inner);
+      break;
+    }
+  }
+  return chunk;
+}
+
+uint32_t fletcher32(const uint8_t* data, size_t n) {
+  // HDF5 adds word by word: sum1 += w, sum2 += sum1, in uint32, and folds both sums to 17 bits after each
+  // block of 360 words. Over a block of k words that is sum1 += sum(w_i), sum2 += k*sum1 + sum((k-i)*w_i),
+  // the same values modulo 2^32 whatever the order of the additions; written so the compiler vectorises
+  // the two sums (twice as fast as the word-by-word loop).
+  uint32_t sum1 = 0, sum2 = 0;
+  for (size_t words = n / 2; words > 0;) {
+    const uint32_t k = static_cast<uint32_t>(std::min<size_t>(words, 360));
+    words -= k;
+    uint32_t a = 0, b = 0;
+    for (uint32_t i = 0; i < k; ++i) {
+      const uint32_t w = static_cast<uint32_t>(data[2 * i]) << 8 | data[2 * i + 1];  // big-endian words
+      a += w;
+      b += (k - i) * w;
+    }
+    data += 2 * static_cast<size_t>(k);
+    sum2 += k * sum1 + b;
+    sum1 += a;
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+  }
+  if (n % 2) {  // an odd last byte is the high half of a word
+    sum1 += static_cast<uint32_t>(data[0]) << 8;
+    sum2 += sum1;
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+  }
+  sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+  sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+  return sum2 << 16 | sum1;
+}
+
+bool note_if_unchecksummed(hid_t file, const std::string& path) {
+  if (has_attr(file, "checksums") && attr_str(file, "checksums", "'" + path + "'") == kChecksums) return true;
+  static std::mutex m;
+  static std::set<std::string> noted;
+  std::error_code ec;
+  const std::string key = fs::weakly_canonical(path, ec).string();
+  std::lock_guard<std::mutex> lock(m);
+  if (noted.insert(ec ? path : key).second) {
+    std::fprintf(stderr,
+                 "qvl: note: '%s' carries no checksums (written before qvl checksummed its files): damage "
+                 "inside it cannot be detected; write it again to add them\n",
+                 path.c_str());
+  }
+  return false;
+}
+
+namespace {
+// The version of an object's header: 2 and later carry a checksum.
+int header_version(hid_t obj) {
+#if H5_VERSION_GE(1, 12, 0)
+  H5O_native_info_t info;
+  if (H5Oget_native_info(obj, &info, H5O_NATIVE_INFO_HDR) < 0) return -1;
+#else
+  H5O_info_t info;
+  if (H5Oget_info2(obj, &info, H5O_INFO_HDR) < 0) return -1;
+#endif
+  return static_cast<int>(info.hdr.version);
+}
+}  // namespace
+
+std::vector<std::string> unchecksummed_datasets(const std::string& path) {
+  File f = open_read(path);
+  std::vector<std::string> out;
+  std::function<void(hid_t, const std::string&)> walk = [&](hid_t g, const std::string& prefix) {
+    for (const auto& name : children(g)) {
+      const std::string here = prefix + "/" + name;
+      if (is_group(g, name)) {
+        Handle sub = open_group(g, name, "'" + path + "'");
+        walk(sub.id(), here);
+        continue;
+      }
+      Handle ds(check_id(H5Dopen2(g, name.c_str(), H5P_DEFAULT), "'" + path + "':" + here + ": cannot open"),
+                H5Dclose);
+      Handle dcpl(H5Dget_create_plist(ds.id()), H5Pclose);
+      bool covered = false;
+      if (H5Pget_layout(dcpl.id()) == H5D_CHUNKED) {
+        const int n = H5Pget_nfilters(dcpl.id());
+        unsigned flags = 0;
+        size_t nelmts = 0;
+        covered = n > 0 && H5Pget_filter2(dcpl.id(), static_cast<unsigned>(n - 1), &flags, &nelmts, nullptr, 0,
+                                          nullptr, nullptr) == H5Z_FILTER_FLETCHER32;
+      } else if (H5Pget_layout(dcpl.id()) == H5D_COMPACT) {
+        covered = header_version(ds.id()) >= 2;
+      }
+      if (!covered) out.push_back(here);
+    }
+  };
+  walk(f.id(), "");
+  return out;
 }
 
 AtomicPath::AtomicPath(std::string final_path) : final_(std::move(final_path)) {
@@ -180,12 +396,15 @@ void AtomicPath::commit(bool durable) {
 
 bool exists(hid_t loc, const std::string& name) {
   quiet();
-  return H5Lexists(loc, name.c_str(), H5P_DEFAULT) > 0;
+  const htri_t rc = H5Lexists(loc, name.c_str(), H5P_DEFAULT);
+  if (rc < 0) throw_if_corrupt("'" + name + "'");
+  return rc > 0;
 }
 
 // Only APIs that are the same in HDF5 1.10 (Debian 12) and 1.12+.
 bool is_group(hid_t loc, const std::string& name) {
   hid_t o = H5Oopen(loc, name.c_str(), H5P_DEFAULT);
+  if (o < 0) throw_if_corrupt("'" + name + "': cannot open the object");
   if (o < 0) return false;
   const bool g = H5Iget_type(o) == H5I_GROUP;
   H5Oclose(o);
@@ -210,7 +429,7 @@ std::vector<std::string> children(hid_t group) {
 Handle open_group(hid_t loc, const std::string& name, const std::string& where) {
   if (!exists(loc, name)) throw Error(where + ": missing group '" + name + "'");
   hid_t g = H5Gopen2(loc, name.c_str(), H5P_DEFAULT);
-  if (g < 0) throw Error(where + ": '" + name + "' is not a group");
+  if (g < 0) fail(where + ": '" + name + "' is not a group");
   return Handle(g, H5Gclose);
 }
 
@@ -222,11 +441,16 @@ Handle make_group(hid_t loc, const std::string& name) {
                 H5Gclose);
 }
 
-bool has_attr(hid_t obj, const std::string& name) { return H5Aexists(obj, name.c_str()) > 0; }
+bool has_attr(hid_t obj, const std::string& name) {
+  const htri_t rc = H5Aexists(obj, name.c_str());
+  if (rc < 0) throw_if_corrupt("attribute '" + name + "'");
+  return rc > 0;
+}
 
 std::string attr_str(hid_t obj, const std::string& name, const std::string& where) {
   if (!has_attr(obj, name)) throw Error(where + ": missing attribute '" + name + "'");
-  Handle a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose);
+  Handle a(check_id(H5Aopen(obj, name.c_str(), H5P_DEFAULT), where + ": cannot open attribute '" + name + "'"),
+           H5Aclose);
   Handle t(H5Aget_type(a.id()), H5Tclose);
   if (H5Tget_class(t.id()) != H5T_STRING) {
     throw Error(where + ": attribute '" + name + "' is not a string (" + class_name(H5Tget_class(t.id())) + ")");
@@ -285,7 +509,7 @@ void set_attr(hid_t obj, const std::string& name, int64_t value) {
 // ------------------------------------------------------------------------------------------------------
 at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& where, bool dtype_from_attr) {
   hid_t ds_id = H5Dopen2(loc, name.c_str(), H5P_DEFAULT);
-  if (ds_id < 0) throw Error(where + ": no dataset '" + name + "'");
+  if (ds_id < 0) fail(where + ": no dataset '" + name + "'");
   Handle ds(ds_id, H5Dclose);
   Handle ft(H5Dget_type(ds.id()), H5Tclose);
   const H5T_class_t cls = H5Tget_class(ft.id());
@@ -324,8 +548,14 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& wh
     mem_copy = Handle(H5Tcopy(ft.id()), H5Tclose);
     mem = mem_copy.id();
   }
-  check(H5Dread(ds.id(), mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()),
-        where + ": cannot read dataset '" + name + "' (corrupt data?)");
+  if (H5Dread(ds.id(), mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) < 0) {
+    const std::string stack = take_error_stack();
+    if (mentions_checksum(stack)) {
+      throw CorruptError(where + ": corrupt: the data of dataset '" + name +
+                         "' fails its Fletcher-32 checksum (the file was damaged after it was written)");
+    }
+    throw Error(where + ": cannot read dataset '" + name + "' (corrupt data?)");
+  }
   if (info->torch == at::kBool) t = t.view(at::kByte).ne(0);  // any non-zero byte is true
   return t;
 }
@@ -337,17 +567,7 @@ void write_tensor(hid_t loc, const std::string& name, const at::Tensor& t_in, in
   if (!info) throw Error("write '" + name + "': unsupported dtype " + dtype + " (supported: " + supported_dtypes() + ")");
   std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
   Handle space(t.dim() == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(t.dim(), dims.data(), nullptr), H5Sclose);
-  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-  const bool nonempty = std::all_of(dims.begin(), dims.end(), [](hsize_t d) { return d > 0; });
-  if (gzip_level > 0 && t.dim() > 0 && t.numel() >= 256 && nonempty) {
-    // Chunks of whole rows, about 1 MiB each (HDF5 caps a chunk at 4 GiB).
-    std::vector<hsize_t> chunk = dims;
-    const size_t row_bytes = t.numel() / dims[0] * t.element_size();
-    chunk[0] = std::max<hsize_t>(1, std::min<hsize_t>(dims[0], (1u << 20) / std::max<size_t>(row_bytes, 1)));
-    H5Pset_chunk(dcpl.id(), t.dim(), chunk.data());
-    H5Pset_shuffle(dcpl.id());
-    H5Pset_deflate(dcpl.id(), gzip_level);
-  }
+  Handle dcpl = dataset_dcpl(dims, t.element_size(), gzip_level);
   Handle ds(check_id(H5Dcreate2(loc, name.c_str(), info->file_type(), space.id(), H5P_DEFAULT, dcpl.id(), H5P_DEFAULT),
                      "cannot create dataset '" + name + "'"),
             H5Dclose);
@@ -484,6 +704,7 @@ WeightsFile read_weights(const std::string& path) {
   };
   hsize_t idx = 0;
   H5Aiterate2(f.id(), H5_INDEX_NAME, H5_ITER_INC, &idx, cb, &out.attrs);
+  note_if_unchecksummed(f.id(), path);
   if (!out.attrs.count("config")) throw Error(where + ": missing root attribute 'config' (the HF config.json)");
   out.config_json = out.attrs.at("config");
 
@@ -506,7 +727,8 @@ WeightsWriter::WeightsWriter(const std::string& path, const std::map<std::string
                              int gzip_level)
     : out_(path), file_(create_truncate(out_.tmp())), gzip_(gzip_level) {
   set_attr(file_.id(), "format", std::string("qvl.weights"));
-  set_attr(file_.id(), "format_version", static_cast<int64_t>(1));
+  set_attr(file_.id(), "format_version", static_cast<int64_t>(2));
+  set_attr(file_.id(), "checksums", std::string(kChecksums));  // see "Integrity" in h5io.h
   for (const auto& [k, v] : attrs) set_attr(file_.id(), k, v);
 }
 
@@ -527,31 +749,122 @@ void WeightsWriter::add(const std::string& dotted, const at::Tensor& t) {
   write_tensor(cur, split_dotted(dotted).back(), t, gzip_);
 }
 
-uint64_t WeightsWriter::reserve(const std::string& dotted, at::ScalarType dtype, at::IntArrayRef shape) {
-  if (gzip_ > 0) throw Error("'" + file_.path + "': reserve() writes raw bytes, which gzip cannot take");
+DatasetStream WeightsWriter::stream(const std::string& dotted, at::ScalarType dtype, at::IntArrayRef shape) {
+  if (gzip_ > 0) throw Error("'" + file_.path + "': stream() writes raw chunks, which gzip cannot take");
   const DtypeInfo* info = find_dtype(dtype_name(dtype));
-  if (!info) throw Error("reserve '" + dotted + "': unsupported dtype " + dtype_name(dtype));
+  if (!info) throw Error("stream '" + dotted + "': unsupported dtype " + dtype_name(dtype));
   auto parts = split_dotted(dotted);
   std::vector<Handle> groups;
   hid_t cur = parent_of_new(dotted, groups);
   std::vector<hsize_t> dims(shape.begin(), shape.end());
-  bool empty = false;
-  for (hsize_t d : dims) empty |= d == 0;
   Handle space(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
                H5Sclose);
-  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-  check(H5Pset_layout(dcpl.id(), H5D_CONTIGUOUS), "set layout");
-  check(H5Pset_alloc_time(dcpl.id(), H5D_ALLOC_TIME_EARLY), "set alloc time");
-  check(H5Pset_fill_time(dcpl.id(), H5D_FILL_TIME_NEVER), "set fill time");
+  const size_t itemsize = at::elementSize(dtype);
+  Handle dcpl = dataset_dcpl(dims, itemsize, 0);
   Handle ds(check_id(H5Dcreate2(cur, parts.back().c_str(), info->file_type(), space.id(), H5P_DEFAULT, dcpl.id(), H5P_DEFAULT),
                      "cannot create dataset '" + dotted + "'"),
             H5Dclose);
   set_attr(ds.id(), "kind", std::string("tensor"));
   set_attr(ds.id(), "dtype", std::string(info->name));
-  if (empty) return 0;
-  const haddr_t at = H5Dget_offset(ds.id());
-  if (at == HADDR_UNDEF) throw Error("'" + file_.path + "': no file space allocated for '" + dotted + "'");
-  return static_cast<uint64_t>(at);
+  return DatasetStream(std::move(ds), dims, itemsize, &chunk_buffer_, "'" + file_.path + "':/" + dotted);
+}
+
+DatasetStream::DatasetStream(Handle ds, std::vector<hsize_t> dims, size_t itemsize, std::vector<uint8_t>* buffer,
+                             std::string where)
+    : ds_(std::move(ds)), dims_(std::move(dims)), itemsize_(itemsize), buffer_(buffer), where_(std::move(where)) {
+  for (hsize_t d : dims_) numel_ *= d;
+  uint64_t chunk_bytes = itemsize_;  // a scalar: one element, written compact
+  if (!dims_.empty() && numel_ > 0) {
+    chunk_ = chunk_dims(dims_, itemsize_, kChunkBytes);
+    chunk_split(dims_, chunk_, &split_);
+    for (size_t i = split_ + 1; i < dims_.size(); ++i) inner_ *= dims_[i];
+    chunk_bytes = chunk_[split_] * inner_ * itemsize_;
+  }
+  if (buffer_->size() < chunk_bytes + 4) buffer_->resize(chunk_bytes + 4);
+}
+
+uint64_t DatasetStream::next_elems() const {
+  if (done_ >= numel_) return 0;
+  if (dims_.empty()) return 1;
+  std::vector<hsize_t> offset;
+  return piece_at(dims_, chunk_, split_, inner_, done_, &offset);
+}
+
+void DatasetStream::put() {
+  if (done_ >= numel_) throw Error(where_ + ": more data written than the dataset holds");
+  if (dims_.empty()) {  // a scalar: compact, in its (checksummed) object header
+    Handle type(H5Dget_type(ds_.id()), H5Tclose);
+    check(H5Dwrite(ds_.id(), type.id(), H5S_ALL, H5S_ALL, H5P_DEFAULT, buffer_->data()), where_ + ": write failed");
+    done_ = 1;
+    return;
+  }
+  std::vector<hsize_t> offset;
+  const uint64_t elems = piece_at(dims_, chunk_, split_, inner_, done_, &offset);
+  const uint64_t full = chunk_[split_] * inner_ * itemsize_, used = elems * itemsize_;
+  uint8_t* buf = buffer_->data();
+  if (used < full) std::memset(buf + used, 0, full - used);  // an edge chunk is stored full size
+  const uint32_t sum = fletcher32(buf, full);
+  for (int i = 0; i < 4; ++i) buf[full + i] = static_cast<uint8_t>(sum >> (8 * i));  // little-endian, as HDF5
+  check(H5Dwrite_chunk(ds_.id(), H5P_DEFAULT, 0, offset.data(), full + 4, buf),
+        where_ + ": cannot write the chunk at " + coords(offset));
+  done_ += elems;
+}
+
+ChunkReader::ChunkReader(hid_t file, const std::string& path, const std::string& where, std::vector<uint8_t>* buffer)
+    : buffer_(buffer), where_(where) {
+  hid_t id = H5Dopen2(file, path.c_str(), H5P_DEFAULT);
+  if (id < 0) fail(where + ": cannot open the dataset");
+  ds_ = Handle(id, H5Dclose);
+  Handle dcpl(H5Dget_create_plist(ds_.id()), H5Pclose);
+  Handle type(H5Dget_type(ds_.id()), H5Tclose);
+  Handle space(H5Dget_space(ds_.id()), H5Sclose);
+  itemsize_ = H5Tget_size(type.id());
+  const int nd = H5Sget_simple_extent_ndims(space.id());
+  if (nd <= 0 || H5Pget_layout(dcpl.id()) != H5D_CHUNKED || H5Pget_nfilters(dcpl.id()) != 1) return;
+  unsigned flags = 0;
+  size_t nelmts = 0;
+  if (H5Pget_filter2(dcpl.id(), 0, &flags, &nelmts, nullptr, 0, nullptr, nullptr) != H5Z_FILTER_FLETCHER32) return;
+  if (itemsize_ > 1 && H5Tget_order(type.id()) != H5T_ORDER_LE) return;
+  dims_.resize(static_cast<size_t>(nd));
+  chunk_.resize(static_cast<size_t>(nd));
+  H5Sget_simple_extent_dims(space.id(), dims_.data(), nullptr);
+  if (H5Pget_chunk(dcpl.id(), nd, chunk_.data()) != nd || !chunk_split(dims_, chunk_, &split_)) return;
+  for (hsize_t d : dims_) numel_ *= d;
+  for (size_t i = split_ + 1; i < dims_.size(); ++i) inner_ *= dims_[i];
+  const uint64_t full = chunk_[split_] * inner_ * itemsize_;
+  if (buffer_->size() < full + 4) buffer_->resize(full + 4);
+  usable_ = numel_ > 0;
+}
+
+uint64_t ChunkReader::next_elems() const {
+  if (!usable_ || done_ >= numel_) return 0;
+  std::vector<hsize_t> offset;
+  return piece_at(dims_, chunk_, split_, inner_, done_, &offset);
+}
+
+const uint8_t* ChunkReader::next() {
+  if (!usable_ || done_ >= numel_) throw Error(where_ + ": read past the end of the dataset");
+  std::vector<hsize_t> offset;
+  const uint64_t elems = piece_at(dims_, chunk_, split_, inner_, done_, &offset);
+  const uint64_t full = chunk_[split_] * inner_ * itemsize_;
+  hsize_t stored = 0;
+  if (H5Dget_chunk_storage_size(ds_.id(), offset.data(), &stored) < 0)
+    fail(where_ + ": the chunk at " + coords(offset) + " is missing");
+  if (stored != full + 4) {
+    throw CorruptError(where_ + ": corrupt: the chunk at " + coords(offset) + " holds " + std::to_string(stored) +
+                       " bytes, expected " + std::to_string(full + 4));
+  }
+  uint32_t mask = 0;
+  uint8_t* buf = buffer_->data();
+  check(H5Dread_chunk(ds_.id(), H5P_DEFAULT, offset.data(), &mask, buf), where_ + ": cannot read the chunk at " + coords(offset));
+  uint32_t want = 0;
+  for (int i = 0; i < 4; ++i) want |= static_cast<uint32_t>(buf[full + i]) << (8 * i);
+  if (mask != 0 || fletcher32(buf, full) != want) {
+    throw CorruptError(where_ + ": corrupt: the chunk at " + coords(offset) +
+                       " fails its Fletcher-32 checksum (the file was damaged after it was written)");
+  }
+  done_ += elems;
+  return buf;
 }
 
 void WeightsWriter::set_root_attr(const std::string& name, const std::string& value) {

@@ -1,5 +1,6 @@
 #include "instrument/metrics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -20,6 +21,26 @@ std::vector<int64_t> unravel(int64_t flat, at::IntArrayRef shape) {
 }
 
 }  // namespace
+
+std::vector<double> row_cosines(const at::Tensor& ours_in, const at::Tensor& ref_in) {
+  if (ours_in.numel() != ref_in.numel()) {
+    throw std::runtime_error("row_cosines: ours has " + std::to_string(ours_in.numel()) + " elements, ref " +
+                             std::to_string(ref_in.numel()));
+  }
+  const int64_t last = ref_in.dim() > 0 ? ref_in.size(-1) : 1;
+  if (last <= 0 || ref_in.numel() == 0) return {};
+  auto prep = [&](const at::Tensor& t) {
+    at::Tensor d = t.detach().to(at::kCPU).to(at::kDouble).contiguous().view({-1, last});
+    return at::where(d.isfinite(), d, at::zeros_like(d));
+  };
+  const at::Tensor a = prep(ours_in), b = prep(ref_in);
+  const at::Tensor na = a.pow(2).sum(1), nb = b.pow(2).sum(1), dot = (a * b).sum(1);
+  const at::Tensor row_err = (a - b).pow(2).sum(1);
+  const at::Tensor cos = at::where(na.gt(0).logical_and(nb.gt(0)), dot / (na * nb).sqrt(),
+                                   at::where(row_err.eq(0), at::ones_like(dot), at::zeros_like(dot)))
+                             .contiguous();
+  return std::vector<double>(cos.data_ptr<double>(), cos.data_ptr<double>() + cos.numel());
+}
 
 std::string format_index(const std::vector<int64_t>& idx) {
   std::ostringstream os;
@@ -98,15 +119,8 @@ Metrics compare(const at::Tensor& ours_in, const at::Tensor& ref_in, bool check_
   m.pearson = (va > 0 && vb > 0) ? (ac * bc).sum().item<double>() / std::sqrt(va * vb) : (sq_err == 0 ? 1.0 : 0.0);
 
   // Per-row cosine over the last dimension (a "row" is one token / patch for activations).
-  const int64_t last = ref_in.dim() > 0 ? ref_in.size(-1) : 1;
-  if (last > 0) {
-    at::Tensor ar = af.view({-1, last}), br = bf.view({-1, last});
-    at::Tensor na = ar.pow(2).sum(1), nb = br.pow(2).sum(1), dot = (ar * br).sum(1);
-    at::Tensor row_err = (ar - br).pow(2).sum(1);
-    at::Tensor cos = at::where(na.gt(0).logical_and(nb.gt(0)), dot / (na * nb).sqrt(),
-                               at::where(row_err.eq(0), at::ones_like(dot), at::zeros_like(dot)));
-    m.min_row_cos = cos.min().item<double>();
-  }
+  m.row_cos = row_cosines(af, bf.view(ref_in.sizes()));
+  if (!m.row_cos.empty()) m.min_row_cos = *std::min_element(m.row_cos.begin(), m.row_cos.end());
   return m;
 }
 

@@ -23,6 +23,7 @@ struct Metrics {
   double max_rel = 0.0;      // max |a-b| / max |b|: the worst error relative to the tensor's scale
                              // (element-wise relative error is undefined at zeros of the reference)
   double min_row_cos = 1.0;  // minimum cosine over rows (last dim), e.g. the worst token
+  std::vector<double> row_cos;       // every row's cosine (row_cosines), in row-major order of the leading dims
   std::vector<int64_t> worst_index;  // coordinates of max |a-b|
   struct Pair {
     std::vector<int64_t> index;
@@ -34,6 +35,11 @@ struct Metrics {
 // Both are compared in float64 (integers exactly). With `check_dtype`, differing dtypes are a mismatch:
 // the dtype flow (upcasts, casts back) is part of what must match HF.
 Metrics compare(const at::Tensor& ours, const at::Tensor& ref, bool check_dtype = true, int n_worst = 3);
+
+// Cosine similarity of each row (the last dimension) of two same-shaped float tensors, in float64: one value per
+// token / patch, in row-major order of the leading dimensions. A row that is zero on one side only has cosine 0,
+// zero on both sides 1. Non-finite elements count as 0 (compare() accounts for them separately).
+std::vector<double> row_cosines(const at::Tensor& ours, const at::Tensor& ref);
 
 std::string format_index(const std::vector<int64_t>& idx);
 std::string format_worst(const Metrics& m);  // "(ours, ref) at [i,j]: (1.2, 1.3), ..."

@@ -1,6 +1,9 @@
 #include "instrument/recording.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <nlohmann/json.hpp>
+#include <set>
 
 namespace qvl {
 
@@ -25,6 +28,45 @@ const Value& RecordedCall::output(int index) const {
   return outputs.at(key);
 }
 
+std::string call_group_name(int64_t seq) {
+  char name[24];
+  std::snprintf(name, sizeof(name), "%06lld", static_cast<long long>(seq));
+  return name;
+}
+
+void check_call_groups(const std::vector<std::string>& names, int64_t stated, const std::string& path) {
+  const std::string where = "recording '" + path + "'";
+  std::set<int64_t> found;
+  for (const auto& n : names) {
+    const bool digits = n.size() >= 6 && std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (!digits || n.size() > 18 || call_group_name(std::stoll(n)) != n) {
+      throw h5::CorruptError(where + ": /calls holds '" + n + "', which is not a call group (000000, 000001, ...)");
+    }
+    found.insert(std::stoll(n));
+  }
+  const int64_t expected = stated >= 0 ? stated : (found.empty() ? 0 : *found.rbegin() + 1);
+  std::vector<int64_t> missing, extra;
+  for (int64_t i = 0; i < expected; ++i)
+    if (!found.count(i)) missing.push_back(i);
+  for (int64_t i : found)
+    if (i >= expected) extra.push_back(i);
+  if (missing.empty() && extra.empty()) return;
+  const std::string count = stated >= 0 ? "root says " + std::to_string(stated) + " calls; found " + std::to_string(found.size())
+                                        : "found " + std::to_string(found.size()) + " up to call " +
+                                              call_group_name(expected - 1) + "; this older file states no count";
+  auto list = [](const std::vector<int64_t>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size() && i < 5; ++i) s += (i ? ", " : "") + call_group_name(v[i]);
+    if (v.size() > 5) s += " and " + std::to_string(v.size() - 5) + " more";
+    return s;
+  };
+  if (!missing.empty()) {
+    throw h5::CorruptError(where + ": call" + (missing.size() > 1 ? "s " : " ") + list(missing) + " missing (" + count + ")");
+  }
+  throw h5::CorruptError(where + ": call" + (extra.size() > 1 ? "s " : " ") + list(extra) +
+                         " beyond the stated count (" + count + ")");
+}
+
 Recording Recording::open(const std::string& path) {
   Recording r;
   r.path_ = path;
@@ -42,8 +84,11 @@ Recording Recording::open(const std::string& path) {
   }
   r.attrs_["format"] = format;
   if (!r.attrs_.count("dtype")) throw h5::Error(where + ": missing root attribute 'dtype'");
+  h5::note_if_unchecksummed(f, path);
   h5::Handle calls = h5::open_group(f, "calls", where);
-  for (const auto& name : h5::children(calls.id())) {
+  const std::vector<std::string> names = h5::children(calls.id());
+  check_call_groups(names, h5::has_attr(f, "num_calls") ? h5::attr_int(f, "num_calls", where) : -1, path);
+  for (const auto& name : names) {
     h5::Handle g = h5::open_group(calls.id(), name, where + ":/calls");
     const std::string here = where + ":/calls/" + name;
     CallHeader h;
@@ -133,13 +178,14 @@ void RecordingWriter::close() {
   {
     h5::File f = h5::create_truncate(out.tmp());
     h5::set_attr(f.id(), "format", std::string("qvl.recording"));
-    h5::set_attr(f.id(), "format_version", static_cast<int64_t>(1));
+    h5::set_attr(f.id(), "format_version", static_cast<int64_t>(2));
     for (const auto& [k, v] : root_attrs_) h5::set_attr(f.id(), k, v);
+    // The reader checks the call groups against this count, and every dataset's checksum (h5io.h).
+    h5::set_attr(f.id(), "num_calls", static_cast<int64_t>(calls_.size()));
+    h5::set_attr(f.id(), "checksums", std::string(h5::kChecksums));
     h5::Handle calls = h5::make_group(f.id(), "calls");
     for (const auto& p : calls_) {
-      char name[16];
-      std::snprintf(name, sizeof(name), "%06lld", static_cast<long long>(p.header.seq));
-      h5::Handle g = h5::make_group(calls.id(), name);
+      h5::Handle g = h5::make_group(calls.id(), call_group_name(p.header.seq));
       h5::set_attr(g.id(), "module_path", p.header.module_path);
       h5::set_attr(g.id(), "module_class", p.header.module_class);
       h5::set_attr(g.id(), "call_index", p.header.call_index);

@@ -38,9 +38,18 @@ struct RecordedCall {
   const Value& output(int index = -1) const;
 };
 
+// "000012": the name of call `seq`'s group under /calls.
+std::string call_group_name(int64_t seq);
+// The call groups of a recording must be 000000 .. N-1, with no gap, N = the root attribute num_calls
+// (`stated`; -1 in files written before it, where only gaps can be seen). Throws an h5::CorruptError naming
+// what is missing, e.g. "recording 'x.h5': call 000010 missing (root says 58 calls; found 57)".
+void check_call_groups(const std::vector<std::string>& names, int64_t stated, const std::string& path);
+
 class Recording {
  public:
-  static Recording open(const std::string& path);  // errors name the file and what is wrong
+  // Errors name the file and what is wrong: missing call groups (check_call_groups), a dataset that fails
+  // its checksum (on load()). A file without checksums reads, with one note on stderr (h5io.h).
+  static Recording open(const std::string& path);
 
   const std::string& path() const { return path_; }
   const std::string& attr(const std::string& name) const;  // string root attrs (format, producer, dtype, config...)

@@ -296,11 +296,15 @@ std::vector<TensorCheck> judge_outputs(const Value& ours, const Value& ref, cons
   return out;
 }
 
+at::ScalarType replay_dtype(const Recording& rec) {
+  const std::string dtype = rec.attr("dtype");
+  return dtype == "bfloat16" ? at::kBFloat16 : dtype == "float16" ? at::kHalf : at::kFloat;
+}
+
 ReplayModel replay_model(Weights weights, const ModelConfig& weights_config, const Recording& rec) {
   ReplayModel m;
   m.config = recording_config(rec, weights_config);
-  const std::string dtype = rec.attr("dtype");
-  const at::ScalarType want = dtype == "bfloat16" ? at::kBFloat16 : dtype == "float16" ? at::kHalf : at::kFloat;
+  const at::ScalarType want = replay_dtype(rec);
   for (const auto& [k, t] : weights.flatten()) {
     if (t.is_floating_point() && t.scalar_type() != want) {
       m.cast = true;
@@ -362,6 +366,8 @@ CallResult replay_call(const Recording& rec, size_t index, const Weights& root, 
       r.status = CallResult::Status::Error;
       r.error = "the recording holds no output tensor for this call";
     }
+  } catch (const h5::CorruptError&) {
+    throw;  // a damaged file is not a failed call: the caller stops with the error
   } catch (const c10::Error& e) {
     r.status = CallResult::Status::Error;
     r.error = e.what_without_backtrace();

@@ -73,6 +73,8 @@ struct ReplayModel {
   bool cast = false;
 };
 ReplayModel replay_model(Weights weights, const ModelConfig& weights_config, const Recording& rec);
+// The dtype the recording's module ran in (its `dtype` attribute): what floating weights are cast to.
+at::ScalarType replay_dtype(const Recording& rec);
 
 // The model inputs of a recording's top-level call (Qwen2_5_VLForConditionalGeneration, else
 // Qwen2_5_VLModel): input_ids, attention_mask, mm_token_type_ids, pixel values and grids.

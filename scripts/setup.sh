@@ -8,7 +8,7 @@ req="$here/scripts/requirements.txt"
 
 # --- Debian packages -------------------------------------------------------------------------------
 debs=(cmake g++ make pkg-config libhdf5-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-      libbenchmark-dev python3-venv)
+      libbenchmark-dev python3-venv dataset-fashion-mnist libgloo-dev chromium)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

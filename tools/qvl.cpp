@@ -4,6 +4,7 @@
 //   qvl convert HF_DIR OUT.h5           Hugging Face checkpoint -> nested qvl.weights HDF5 (--dtype, --gzip)
 //   qvl convert --to-safetensors IN.h5 OUT_DIR   and back (sharded, index.json, hub key layout)
 //   qvl inspect PATH                    list a weights file, a recording, a safetensors file or a checkpoint
+//   qvl vit train|eval|sweep            ViT position-encoding experiments (vit/commands.h)
 //   (convert and inspect live in converter/commands.h)
 // Errors print one line naming the file, key, expected and actual value, and exit non-zero.
 #include <CLI/CLI.hpp>
@@ -14,9 +15,11 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "converter/commands.h"
 #include "converter/convert.h"
+#include "converter/import_module_io.h"
 #include "converter/safetensors.h"
 #include "functional/packed_gemm.h"
 #include "functional/cuda/fused.h"
@@ -26,9 +29,11 @@
 #include "instrument/h5io.h"
 #include "instrument/recording.h"
 #include "instrument/replay.h"
+#include "instrument/report.h"
 #include "instrument/rope_check.h"
 #include "instrument/rope_spec.h"
 #include "functional/rope/vision_plug.h"
+#include "vit/commands.h"
 
 #ifndef QVL_SOURCE_DIR
 #define QVL_SOURCE_DIR "."
@@ -54,17 +59,77 @@ void apply_rope(ModelConfig& cfg) {
   }
 }
 
+// --- check: which modules a recording holds (a recording made with record --modules holds a selection) ---
+// "3,4,5,7" -> "3-5,7"
+std::string index_ranges(const std::vector<int64_t>& v) {
+  std::string out;
+  for (size_t i = 0; i < v.size();) {
+    size_t j = i;
+    while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
+    out += (out.empty() ? "" : ",") + std::to_string(v[i]) + (j > i ? "-" + std::to_string(v[j]) : "");
+    i = j + 1;
+  }
+  return out;
+}
+
+// The model's modules (config): each vision block and decoder layer, and the modules around them.
+struct ModuleCoverage {
+  // compressed: "model.visual.blocks.{0,7,31}". partly: only calls inside the module (e.g. its MLP) are held.
+  std::vector<std::string> holds, partly, lacks;
+  size_t n_holds = 0, n_partly = 0, n_lacks = 0;
+};
+ModuleCoverage module_coverage(const Recording& rec, const ModelConfig& cfg) {
+  std::set<std::string> paths;
+  for (const auto& h : rec.calls()) paths.insert(h.module_path);
+  // 2: a call of the module itself; 1: only calls inside it; 0: none
+  auto held = [&](const std::string& m) {
+    if (paths.count(m)) return 2;
+    auto it = paths.lower_bound(m + ".");
+    return it != paths.end() && it->rfind(m + ".", 0) == 0 ? 1 : 0;
+  };
+  ModuleCoverage c;
+  auto add = [&](int h, const std::string& text, size_t n) {
+    (h == 2 ? c.holds : h == 1 ? c.partly : c.lacks).push_back(text);
+    (h == 2 ? c.n_holds : h == 1 ? c.n_partly : c.n_lacks) += n;
+  };
+  auto single = [&](const std::string& m) { add(held(m), m, 1); };
+  auto stack = [&](const std::string& base, int64_t n) {
+    std::vector<int64_t> by[3];
+    for (int64_t i = 0; i < n; ++i) by[held(base + "." + std::to_string(i))].push_back(i);
+    for (int h : {2, 1, 0})
+      if (!by[h].empty()) add(h, base + ".{" + index_ranges(by[h]) + "}", by[h].size());
+  };
+  single("model.visual.patch_embed");
+  single("model.visual.rotary_pos_emb");
+  stack("model.visual.blocks", cfg.vision.depth);
+  single("model.visual.merger");
+  single("model.language_model.embed_tokens");
+  single("model.language_model.rotary_emb");
+  stack("model.language_model.layers", cfg.text.num_hidden_layers);
+  single("model.language_model.norm");
+  single("lm_head");
+  return c;
+}
+
+std::string join_list(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
 // --- check -----------------------------------------------------------------------------------------
 int cmd_check(const std::string& weights_path, const std::string& recording_path, bool verbose,
-              const std::vector<std::string>& only, const std::string& device) {
+              const std::vector<std::string>& only, const std::string& device, bool stream,
+              const std::string& html = "") {
   // --device cuda: every call runs on the GPU with the fused kernels (functional/cuda), judged as on the CPU.
   const bool on_gpu = device == "cuda";
   if (on_gpu && !cuda::unavailable_reason().empty()) throw std::runtime_error("--device cuda: " + cuda::unavailable_reason());
+  if (on_gpu && stream) throw std::runtime_error("--stream runs on the CPU only (not with --device cuda)");
   const at::Device dev = on_gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  ModelConfig wcfg;
   Recording rec = Recording::open(recording_path);
-  // What transformers ran with (overrides included), weights cast as from_pretrained(dtype=...) did.
-  ReplayModel rm = replay_model(load_weights_any(weights_path, &wcfg), wcfg, rec);
+  // What transformers ran with (overrides included), weights cast as from_pretrained(dtype=...) did; with
+  // --stream a lazy tree: each call loads (and casts) only its module's weights and frees them afterwards.
+  ReplayModel rm = load_replay_model(weights_path, rec, stream);
   apply_rope(rm.config);
   const Weights root = on_gpu ? to_device(rm.weights, dev) : rm.weights;
   ModelConfig cfg = rm.config;
@@ -80,6 +145,16 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
               rec.has_attr("torch_version") ? rec.attr("torch_version").c_str() : "?", dtype.c_str(),
               rec.has_attr("attn_implementation") ? rec.attr("attn_implementation").c_str() : "?");
   std::printf("%s", cast_note.c_str());
+  if (stream)
+    std::printf("  streamed:  each call loads only the weights of its module (a composite call: one layer or block at a time), then frees them\n");
+  {
+    const ModuleCoverage mc = module_coverage(rec, cfg);
+    std::printf("  modules:   the recording holds %zu of the model's %zu modules: %s\n", mc.n_holds,
+                mc.n_holds + mc.n_partly + mc.n_lacks, mc.holds.empty() ? "none" : join_list(mc.holds).c_str());
+    if (mc.n_partly)
+      std::printf("             it holds only calls inside %zu: %s\n", mc.n_partly, join_list(mc.partly).c_str());
+    if (mc.n_lacks) std::printf("             it lacks %zu (not checked): %s\n", mc.n_lacks, join_list(mc.lacks).c_str());
+  }
   if (on_gpu) std::printf("  device:    cuda, fused kernels (RMSNorm, RoPE apply, varlen attention)\n");
   const Threshold& th = threshold_for(dtype, "*");
   if (bf16) {
@@ -92,13 +167,25 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
   std::printf("\n%-6s %-44s %-34s %4s  %-7s %12s %10s %12s %10s %s\n", "call", "module_path", "class", "idx", "verdict",
               "pearson", "max_rel", "min_row_cos", "max_abs", bf16 ? "err/HF" : "worst@");
 
-  int passed = 0, failed = 0, missing = 0;
+  int passed = 0, failed = 0, missing = 0, not_checked = 0;
   std::map<std::string, int> missing_classes;
   std::vector<std::string> failures;
+  std::vector<CallResult> results;  // every checked call, for the first divergence and --html
   for (size_t i = 0; i < rec.calls().size(); ++i) {
     const CallHeader& h = rec.calls()[i];
     if (!only.empty() && std::find(only.begin(), only.end(), h.module_class) == only.end()) continue;
-    CallResult r = replay_call(rec, i, root, cfg, reg, dev);
+    // A call the recorder marked as not checkable (record --modules in bf16: the top-level call has no float32
+    // floor) is listed, never replayed, and never counted as passed.
+    const auto settings = nlohmann::json::parse(h.settings, nullptr, false);
+    if (settings.is_object() && settings.contains("not_checkable")) {
+      ++not_checked;
+      std::printf("%-6s %-44s %-34s %4lld  -  (not checked: %s)\n", h.group.c_str(), trunc(h.module_path, 44).c_str(),
+                  trunc(h.module_class, 34).c_str(), static_cast<long long>(h.call_index),
+                  settings["not_checkable"].get<std::string>().c_str());
+      continue;
+    }
+    results.push_back(replay_call(rec, i, root, cfg, reg, dev));
+    const CallResult& r = results.back();
     std::printf("%-6s %-44s %-34s %4lld  ", h.group.c_str(), trunc(h.module_path, 44).c_str(),
                 trunc(h.module_class, 34).c_str(), static_cast<long long>(h.call_index));
     if (r.status == CallResult::Status::NoFunction) {
@@ -162,8 +249,26 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
     }
     std::printf(")");
   }
+  if (not_checked) std::printf(", %d not checked (marked by the recorder)", not_checked);
   std::printf("\n");
   for (const auto& f : failures) std::printf("FAILED %s\n", f.c_str());
+  // The first divergent module, by the rule of qvl compare (the first failing call with no failing descendant).
+  std::vector<CallHeader> all_calls = rec.calls();
+  std::vector<bool> failing(all_calls.size(), false);
+  for (const auto& r : results)
+    failing[r.header.seq] = r.status == CallResult::Status::Fail || r.status == CallResult::Status::Error;
+  const int first = first_divergent_call(all_calls, failing);
+  if (first >= 0) {
+    const CallHeader& h = all_calls[first];
+    std::printf("first divergent module: %s (%s, call %s)\n", h.module_path.c_str(), h.module_class.c_str(), h.group.c_str());
+  }
+  if (!html.empty()) {
+    int first_row = -1;
+    for (size_t k = 0; k < results.size(); ++k)
+      if (results[k].header.seq == first) first_row = static_cast<int>(k);
+    report::write(html, report::from_check(rec, weights_path, results, first_row));
+    std::printf("report: %s\n", html.c_str());
+  }
   if (passed == 0 && failed == 0) {
     std::printf("qvl check: no call of an implemented module was found in the recording; nothing was checked\n");
     return 1;
@@ -173,10 +278,11 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
 
 // --- run-vision: the chained run of the functional vision tower, recorded from C++ ----------------------
 int cmd_run(bool vision_only, const std::string& weights_path, const std::string& ref_path, const std::string& out_path,
-            const std::vector<std::string>& scales) {
-  ModelConfig wcfg;
+            const std::vector<std::string>& scales, bool stream) {
   Recording ref = Recording::open(ref_path);
-  ReplayModel rm = replay_model(load_weights_any(weights_path, &wcfg), wcfg, ref);
+  // --stream: a lazy tree; the chain loads layer i, runs it and frees it (functional/weights.h, lazy trees).
+  ReplayModel rm = load_replay_model(weights_path, ref, stream);
+  if (stream) std::printf("  streamed:  one decoder layer / vision block in memory at a time\n");
   apply_rope(rm.config);
   Weights& root = rm.weights;
   const ModelConfig& cfg = rm.config;
@@ -242,7 +348,7 @@ int cmd_rope_check(const std::vector<std::string>& paths, bool verbose) {
   return failed ? 1 : 0;
 }
 
-int cmd_compare(const std::string& ref_path, const std::string& ours_path, bool all) {
+int cmd_compare(const std::string& ref_path, const std::string& ours_path, bool all, const std::string& html = "") {
   Recording ref = Recording::open(ref_path), ours = Recording::open(ours_path);
   CompareReport rep = compare_recordings(ref, ours);
   std::printf("qvl compare\n  reference: %s (%s)\n  ours:      %s (%s)\n  dtype:     %s\n\n", ref_path.c_str(),
@@ -270,6 +376,10 @@ int cmd_compare(const std::string& ref_path, const std::string& ours_path, bool 
     const CompareRow& r = rep.rows[rep.first_divergent];
     std::printf("first divergent module: %s (%s, call %s): %s\n", r.ref.module_path.c_str(), r.ref.module_class.c_str(),
                 r.ref.group.c_str(), r.why.c_str());
+  }
+  if (!html.empty()) {
+    report::write(html, report::from_compare(ref, ours, rep));
+    std::printf("report: %s\n", html.c_str());
   }
   if (rep.compared == 0) {
     std::printf("qvl compare: no call of the reference is in ours; nothing was compared\n");
@@ -380,6 +490,12 @@ int main(int argc, char** argv) {
   check->add_option("--device", check_device, "cpu, or cuda: run every call on the GPU with the fused kernels")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  std::string check_html;
+  check->add_option("--html", check_html, "Also write a self-contained HTML report (plots, heatmaps, sortable table) to this file");
+  bool check_stream = false;
+  check->add_flag("--stream", check_stream,
+                  "Load only the weights of the module being replayed (memory-mapped from a checkpoint directory, or "
+                  "one subtree of a qvl.weights file), cast them, replay, free them: memory bounded by one module");
 
   ConvertCommand conv;
   bool conv_no_progress = false, conv_no_fsync = false;
@@ -400,6 +516,7 @@ int main(int argc, char** argv) {
   std::string ref_path, ours_path, run_out;
   std::vector<std::string> scales;
   std::string run_weights = kDefaultWeights;
+  bool run_stream = false;
   auto add_run = [&](const char* name, const char* help) {
     auto* cmd = app.add_subcommand(name, help);
     cmd->add_option("reference", ref_path, "Reference recording (transformers) giving the inputs")->required();
@@ -408,6 +525,7 @@ int main(int argc, char** argv) {
     cmd->add_option("--scale-weight", scales, "PATH=FACTOR: scale one weight tensor (see where a change diverges)");
     cmd->add_option("--rope", g_text_rope, rope_help)->capture_default_str();
     cmd->add_option("--rope-vision", g_vision_rope, vrope_help)->capture_default_str();
+    cmd->add_flag("--stream", run_stream, "Layer by layer: load a decoder layer / vision block, run it, free it");
     return cmd;
   };
   auto* run_vision = add_run("run-vision", "Chained run: the functional vision tower from a recording's pixel_values, recorded from C++");
@@ -417,6 +535,9 @@ int main(int argc, char** argv) {
   compare_cmd->add_option("reference", ref_path, "Reference recording")->required();
   compare_cmd->add_option("ours", ours_path, "Recording to judge (e.g. from qvl run-vision)")->required();
   compare_cmd->add_flag("--all", compare_all, "Also list reference calls that ours does not have");
+  std::string compare_html;
+  compare_cmd->add_option("--html", compare_html,
+                          "Also write a self-contained HTML report (error growth, per-token and per-patch heatmaps, sortable table)");
 
   std::string gen_weights = kDefaultWeights, gen_inputs = kDefaultRecording;
   int64_t gen_max = 16;
@@ -443,10 +564,24 @@ int main(int argc, char** argv) {
       "inspect", "List the tree, shapes, dtypes and bytes of a weights file, a recording, a safetensors file or a checkpoint (no data read)");
   inspect->add_option("file", inspect_path, "File or checkpoint directory (a checkpoint is also checked against its config.json)")->required();
 
+  ImportOptions imp;
+  std::string import_kind;
+  auto* import_cmd = app.add_subcommand(
+      "import", "Convert another tool's recordings into a qvl.recording: module_io_data (the Qwen2.5-VL conversion "
+                "framework's per-call folders); unmappable calls and lost (same-second) calls are listed");
+  import_cmd->add_option("kind", import_kind, "What to import: module_io_data")->required()->check(CLI::IsMember({"module_io_data"}));
+  import_cmd->add_option("dir", imp.dir, "The module_io_data folder (one <Module>_<YYYYmmdd_HHMMSS> folder per call)")->required();
+  import_cmd->add_option("-o,--out", imp.out, "Output recording (.h5; written to a temporary, renamed when complete)")->required();
+  import_cmd->add_option("--config", imp.config, "The model's config.json: the depth (which instance a call is), stored in the recording");
+  import_cmd->add_option("--weights", imp.weights, "The framework's vision_weights.pt (dict of dicts): tells module instances apart");
+  import_cmd->add_option("--weights-out", imp.weights_out, "Also convert --weights into this qvl.weights file (checked against --config)");
+  import_cmd->add_option("--checkpoint", imp.checkpoint, "An HF checkpoint directory: every weight, to tell text module instances apart too");
+  CLI::App* vit_cmd = vit::add_vit_command(app);
+
   CLI11_PARSE(app, argc, argv);
   const std::string name = app.get_subcommands().front()->get_name();
   try {
-    if (check->parsed()) return cmd_check(weights, recording, verbose, only, check_device);
+    if (check->parsed()) return cmd_check(weights, recording, verbose, only, check_device, check_stream, check_html);
     if (convert->parsed()) {
       conv.progress = !conv_no_progress;
       conv.fsync = !conv_no_fsync;
@@ -463,10 +598,12 @@ int main(int argc, char** argv) {
       std::printf("ATen CPU kernels: %s (ATEN_CPU_CAPABILITY; the golden producer's)\n", std::getenv("ATEN_CPU_CAPABILITY"));
       return cmd_rope_check(rope_paths, verbose);
     }
-    if (run_vision->parsed()) return cmd_run(true, run_weights, ref_path, run_out, scales);
-    if (run_model->parsed()) return cmd_run(false, run_weights, ref_path, run_out, scales);
-    if (compare_cmd->parsed()) return cmd_compare(ref_path, ours_path, compare_all);
+    if (run_vision->parsed()) return cmd_run(true, run_weights, ref_path, run_out, scales, run_stream);
+    if (run_model->parsed()) return cmd_run(false, run_weights, ref_path, run_out, scales, run_stream);
+    if (compare_cmd->parsed()) return cmd_compare(ref_path, ours_path, compare_all, compare_html);
+    if (import_cmd->parsed()) return run_import_module_io(imp);
     if (gen_cmd->parsed()) return cmd_generate(gen_weights, gen_inputs, gen_max, gen_eos, gen_fast);
+    if (vit_cmd->parsed()) return vit::run_vit();
   } catch (const c10::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "qvl %s: error: %s\n", name.c_str(), e.what_without_backtrace());

@@ -121,18 +121,21 @@ at::Tensor block_diag_dense(const at::Tensor& blocks) {
 
 at::Tensor apply_block_rope(const at::Tensor& x, const at::Tensor& blocks) {
   check_square(blocks, "rope::apply_block_rope", "blocks");
-  if (blocks.dim() < 4 || x.dim() < 2 || x.size(-1) != blocks.size(-3) * blocks.size(-1)) {
-    throw std::runtime_error("rope::apply_block_rope: x must be [..., M, nb*b] for blocks [..., M, nb, b, b], got x " +
+  if (blocks.dim() < 4 || x.dim() < 2 || x.size(-1) < blocks.size(-3) * blocks.size(-1)) {
+    throw std::runtime_error("rope::apply_block_rope: x must be [..., M, D] with D >= nb*b for blocks [..., M, nb, b, b], got x " +
                              shape_str(x.sizes()) + " and blocks " + shape_str(blocks.sizes()));
   }
-  const int64_t nb = blocks.size(-3), b = blocks.size(-1);
-  std::vector<int64_t> shape = x.sizes().vec();
+  const int64_t nb = blocks.size(-3), b = blocks.size(-1), rot = nb * b, D = x.size(-1);
+  // partial rotary: channels [0, nb*b) are rotated, the rest [nb*b, D) pass through unchanged
+  at::Tensor xr = rot == D ? x : x.narrow(-1, 0, rot);
+  std::vector<int64_t> shape = xr.sizes().vec();
   shape.back() = nb;
   shape.push_back(b);
   shape.push_back(1);
   // x'_j = B_j x_j for each contiguous block j of b channels                             [..., M, nb, b, 1]
-  at::Tensor y = at::matmul(blocks, x.to(blocks.scalar_type()).reshape(shape));
-  return y.reshape(x.sizes()).to(x.scalar_type());
+  at::Tensor y = at::matmul(blocks, xr.to(blocks.scalar_type()).reshape(shape));
+  y = y.reshape(xr.sizes()).to(x.scalar_type());
+  return rot == D ? y : at::cat({y, x.narrow(-1, rot, D - rot)}, -1);
 }
 
 }  // namespace qvl::rope

@@ -71,8 +71,9 @@ at::Tensor block_diag_dense(const at::Tensor& blocks);
 
 // Applies the blocks: x' = R x per token, block by block (a batched b x b matmul, not the dense D x D).
 //   x       [..., M, D]  any float dtype; computed in the blocks' dtype (float32) and cast back
-//   blocks  [..., M, nb, b, b] broadcastable against x's leading dims
-//   out     [..., M, D]
+//   blocks  [..., M, nb, b, b] broadcastable against x's leading dims; D >= nb*b
+//   out     [..., M, D]  partial rotary when nb*b < D: the first nb*b channels are rotated and the
+//           remaining D - nb*b pass through unchanged (a block size that does not divide D)
 at::Tensor apply_block_rope(const at::Tensor& x, const at::Tensor& blocks);
 
 }  // namespace qvl::rope

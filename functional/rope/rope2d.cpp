@@ -24,6 +24,10 @@ void check_pairs(const at::Tensor& x, const at::Tensor& angles, const char* fn) 
                                 "] (one per pair of x " + shape_str(x.sizes()) + "), got " + shape_str(angles.sizes()));
   }
 }
+// float32, or float64 when either input is float64 (so that autograd's gradcheck can run in double).
+at::ScalarType compute_dtype(const at::Tensor& a, const at::Tensor& b) {
+  return (a.scalar_type() == at::kDouble || (b.defined() && b.scalar_type() == at::kDouble)) ? at::kDouble : at::kFloat;
+}
 }  // namespace
 
 GridXY grid_xy(int64_t end_x, int64_t end_y) {
@@ -98,15 +102,16 @@ at::Tensor mixed_angles(const at::Tensor& freqs, const at::Tensor& t_x, const at
                                 " and " + shape_str(t_y.sizes()));
   }
   const int64_t N = t_x.size(0), L = freqs.size(1);
-  at::Tensor f = freqs.to(at::kFloat);
+  const at::ScalarType dt = compute_dtype(freqs, at::Tensor());  // float64 freqs stay float64 (gradcheck)
+  at::Tensor f = freqs.to(dt);
   // (t_x.unsqueeze(-1) @ freqs[0].unsqueeze(-2)).view(depth, N, num_heads, -1).permute(0, 2, 1, 3)
-  at::Tensor ax = at::matmul(t_x.to(at::kFloat).unsqueeze(-1), f[0].unsqueeze(-2)).view({L, N, num_heads, -1}).permute({0, 2, 1, 3});
-  at::Tensor ay = at::matmul(t_y.to(at::kFloat).unsqueeze(-1), f[1].unsqueeze(-2)).view({L, N, num_heads, -1}).permute({0, 2, 1, 3});
+  at::Tensor ax = at::matmul(t_x.to(dt).unsqueeze(-1), f[0].unsqueeze(-2)).view({L, N, num_heads, -1}).permute({0, 2, 1, 3});
+  at::Tensor ay = at::matmul(t_y.to(dt).unsqueeze(-1), f[1].unsqueeze(-2)).view({L, N, num_heads, -1}).permute({0, 2, 1, 3});
   return (ax + ay).contiguous();  // [L, H, N, P]; polar(ones, freqs_x + freqs_y) takes this sum
 }
 
 at::Tensor cis(const at::Tensor& angles) {
-  at::Tensor a = angles.to(at::kFloat);
+  at::Tensor a = angles.to(compute_dtype(angles, at::Tensor()));
   return at::polar(at::ones_like(a), a);  // torch.polar(torch.ones_like(freqs), freqs)
 }
 
@@ -116,15 +121,16 @@ at::Tensor apply_pairs_complex(const at::Tensor& x, const at::Tensor& angles) {
   shape.back() /= 2;
   shape.push_back(2);
   // torch.view_as_complex(xq.float().reshape(*xq.shape[:-1], -1, 2))
-  at::Tensor xc = at::view_as_complex(x.to(at::kFloat).contiguous().reshape(shape));  // [..., N, P] complex64
+  const at::ScalarType dt = compute_dtype(x, angles);
+  at::Tensor xc = at::view_as_complex(x.to(dt).contiguous().reshape(shape));  // [..., N, P] complex64 (complex128)
   // torch.view_as_real(xq_ * freqs_cis).flatten(3), then .type_as(xq)
-  at::Tensor y = at::view_as_real(xc * cis(angles)).flatten(-2);  // [..., N, D]
+  at::Tensor y = at::view_as_real(xc * cis(angles.to(dt))).flatten(-2);  // [..., N, D]
   return y.to(x.scalar_type());
 }
 
 at::Tensor pair_rotation_matrix(const at::Tensor& angles) {
   if (angles.dim() < 1) throw std::runtime_error("rope::pair_rotation_matrix: angles must be [..., P], got a scalar");
-  at::Tensor a = angles.to(at::kFloat);
+  at::Tensor a = angles.to(compute_dtype(angles, at::Tensor()));
   const int64_t P = a.size(-1);
   at::Tensor c = at::cos(a), s = at::sin(a);
   // blocks[..., p] = [[cos, -sin], [sin, cos]]                                        [..., P, 2, 2]
@@ -141,7 +147,8 @@ at::Tensor pair_rotation_matrix(const at::Tensor& angles) {
 at::Tensor apply_pairs_matrix(const at::Tensor& x, const at::Tensor& angles) {
   check_pairs(x, angles, "rope::apply_pairs_matrix");
   // y = R(phi) x with x as a column vector per token                                [..., N, D]
-  at::Tensor y = at::matmul(pair_rotation_matrix(angles), x.to(at::kFloat).unsqueeze(-1)).squeeze(-1);
+  const at::ScalarType dt = compute_dtype(x, angles);
+  at::Tensor y = at::matmul(pair_rotation_matrix(angles.to(dt)), x.to(dt).unsqueeze(-1)).squeeze(-1);
   return y.to(x.scalar_type());
 }
 

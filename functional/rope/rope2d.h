@@ -75,8 +75,10 @@ at::Tensor mixed_alpha_from_frequencies(const at::Tensor& freqs, int64_t num_hea
 at::Tensor mixed_angles(const at::Tensor& freqs, const at::Tensor& t_x, const at::Tensor& t_y, int64_t num_heads);
 
 // --- appliers (both layouts are the complex view above) ---------------------------------------------------
+// Dtype: every applier and mixed_angles computes in float32, or in float64 when an input is float64 (so
+// that autograd's gradcheck runs in double); all are differentiable in x, the angles and mixed's freqs.
 
-// polar(1, phi) as a complex64 tensor, same shape as phi (torch.polar(ones_like(phi), phi)).
+// polar(1, phi) as a complex64 (complex128 for float64 phi) tensor, same shape as phi (torch.polar(ones_like(phi), phi)).
 at::Tensor cis(const at::Tensor& angles);
 
 // Complex form, mirrors apply_rotary_emb for one tensor:

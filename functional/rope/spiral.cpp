@@ -191,9 +191,11 @@ at::Tensor apply_spiral(const at::Tensor& x, const at::Tensor& angles, bool clas
                              std::to_string(x.size(3)) + "] for x " + shape_str(x.sizes()) +
                              (class_token ? " with a class token" : "") + ", got " + shape_str(angles.sizes()));
   }
-  at::Tensor xp = x.slice(1, skip).to(at::kFloat);  // patch tokens
+  // float32, or float64 when an input is float64 (gradcheck)
+  const at::ScalarType dt = (x.scalar_type() == at::kDouble || angles.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
+  at::Tensor xp = x.slice(1, skip).to(dt);  // patch tokens
   // freqs_cos = freqs.cos().view(-1, 1, d): one table for every batch entry and head
-  at::Tensor a = angles.to(at::kFloat).unsqueeze(1);  // [N', 1, d]
+  at::Tensor a = angles.to(dt).unsqueeze(1);  // [N', 1, d]
   // x * freqs_cos + rotate_half(x) * freqs_sin
   at::Tensor y = (xp * a.cos() + rotate_half_interleaved(xp) * a.sin()).to(x.scalar_type());
   // q = cat(q[:, :1], rope(q[:, 1:])): the class token is not rotated

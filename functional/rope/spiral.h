@@ -90,7 +90,7 @@ at::Tensor rotate_half_interleaved(const at::Tensor& x);
 
 // Mirrors VisionRotaryEmbedding.forward's application (x * cos + rotate_half(x) * sin), with the class
 // token rule of models_v2.py Attention:
-//   x       [B, N, H, d] (any float dtype; computed in float32, cast back)
+//   x       [B, N, H, d] (any float dtype; computed in float32, or float64 if x or angles is, cast back)
 //   angles  [N', d] with N' = N (class_token false) or N - 1 (class_token true: token 0 is returned
 //           bit for bit and tokens 1.. are rotated with angles 0..)
 //   out     [B, N, H, d]

@@ -45,10 +45,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     require(numel == e.numel);
     require(e.begin <= e.end && e.end <= h.data_bytes);
     require(numel * e.itemsize == e.end - e.begin);
-    if (i > 0) require(e.begin >= prev_end && e.begin >= h.entries[i - 1].begin);  // sorted, no overlap
+    require(e.begin == prev_end);  // sorted, contiguous: no overlap, no gap
     prev_end = e.end;
     // Every byte of the tensor is inside the input.
     require(h.data_start + e.end <= size);
   }
+  require(prev_end == h.data_bytes);  // no bytes after the last tensor
   return 0;
 }

@@ -1,7 +1,9 @@
 #include "tests/golden/golden_support.h"
 
-#include <filesystem>
 #include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <sstream>
 
 #include <gtest/gtest.h>
@@ -25,16 +27,14 @@ std::vector<std::string> recording_files() {
   for (const fs::path dir : {fs::path(data_path("recordings")), fs::path(generated_recordings_dir())}) {
     if (!fs::is_directory(dir)) continue;
     for (const auto& e : fs::directory_iterator(dir))
-      if (e.path().extension() == ".h5") out.push_back(e.path().string());
+      // Not hidden files: the recorder writes .tmp-*.h5 and renames it when complete.
+      if (e.path().extension() == ".h5" && e.path().filename().string()[0] != '.') out.push_back(e.path().string());
   }
   std::sort(out.begin(), out.end());
   return out;
 }
 
-const GoldenModel& model_for(const Recording& rec) {
-  static std::map<std::string, GoldenModel> cache;
-  auto it = cache.find(rec.path());
-  if (it != cache.end()) return it->second;
+std::string weights_path_for(const Recording& rec) {
   const std::string model_dir = rec.attr("model_dir");
   // weights/<name>.h5 (committed, converted), else a checkpoint directory: weights/<name>/ or the build's
   // generated weights (the real-size vision model).
@@ -47,10 +47,93 @@ const GoldenModel& model_for(const Recording& rec) {
     }
   }
   if (wpath.empty()) throw std::runtime_error(rec.path() + ": weights '" + model_dir + "' not found");
-  ModelConfig wcfg;
-  ReplayModel rm = replay_model(load_weights_any(wpath, &wcfg), wcfg, rec);
-  GoldenModel m{std::move(rm.weights), rm.config};
+  return wpath;
+}
+
+const GoldenModel& model_for(const Recording& rec) {
+  static std::map<std::string, GoldenModel> cache;  // per recording: the shared weights and its own config
+  auto it = cache.find(rec.path());
+  if (it != cache.end()) return it->second;
+  const std::string wpath = weights_path_for(rec);
+  struct Loaded {
+    Weights weights;
+    ModelConfig config;
+  };
+  static std::map<std::string, Loaded> loaded;                            // per weights file, as stored
+  static std::map<std::pair<std::string, std::string>, Weights> by_dtype;  // per (file, dtype), cast
+  auto lit = loaded.find(wpath);
+  if (lit == loaded.end()) {
+    Loaded l;
+    l.weights = load_weights_any(wpath, &l.config);
+    lit = loaded.emplace(wpath, std::move(l)).first;
+  }
+  const auto key = std::make_pair(wpath, rec.attr("dtype"));
+  auto dit = by_dtype.find(key);
+  if (dit == by_dtype.end()) dit = by_dtype.emplace(key, replay_model(lit->second.weights, lit->second.config, rec).weights).first;
+  GoldenModel m{dit->second, recording_config(rec, lit->second.config)};
   return cache.emplace(rec.path(), std::move(m)).first->second;
+}
+
+const std::vector<RecordingInfo>& recording_index() {
+  static const std::vector<RecordingInfo> index = [] {
+    std::vector<RecordingInfo> out;
+    for (const auto& path : recording_files()) {
+      RecordingInfo info{path, test_name(fs::path(path).stem().string())};
+      try {
+        const Recording rec = Recording::open(path);
+        for (const auto& h : rec.calls()) {
+          info.has_generate = info.has_generate || h.generate_step >= 0;
+          info.has_text = info.has_text || h.module_class == "Qwen2_5_VLDecoderLayer";
+        }
+      } catch (const std::exception&) {
+        // Not here: this runs while the tests are registered. The suites' test for this recording opens it
+        // again and fails with the same error.
+        info.has_generate = info.has_text = true;
+      }
+      out.push_back(std::move(info));
+    }
+    return out;
+  }();
+  return index;
+}
+
+const std::set<std::string>& only_classes() {
+  static const std::set<std::string> only = [] {
+    std::set<std::string> out;
+    const char* env = std::getenv("QVL_ONLY");
+    std::stringstream ss(env ? env : "");
+    for (std::string c; std::getline(ss, c, ',');)
+      if (!c.empty()) out.insert(c);
+    return out;
+  }();
+  return only;
+}
+
+bool selected(const CallHeader& h) { return only_classes().empty() || only_classes().count(h.module_class) > 0; }
+
+bool CallTally::check(const CallResult& r, const std::string& context) {
+  ++checked;
+  if (r.status == CallResult::Status::Pass) return true;
+  ++failed;
+  failures.push_back(r.header.group + " " + r.header.module_path);
+  ADD_FAILURE() << name << (context.empty() ? "" : " (" + context + ")") << ": call " << describe(r);
+  return false;
+}
+
+void CallTally::summary(const std::string& extra) const {
+  std::ostringstream os;
+  os << name << ": " << checked << " calls checked, " << failed << " failed";
+  if (!extra.empty()) os << " " << extra;
+  if (!only_classes().empty()) {
+    os << " (QVL_ONLY=";
+    for (auto it = only_classes().begin(); it != only_classes().end(); ++it)
+      os << (it == only_classes().begin() ? "" : ",") << *it;
+    os << ")";
+  }
+  for (size_t i = 0; i < failures.size() && i < 5; ++i) os << (i ? ", " : "; failed: ") << failures[i];
+  if (failures.size() > 5) os << ", ... (" << failures.size() - 5 << " more)";
+  std::printf("%s\n", os.str().c_str());
+  std::fflush(stdout);
 }
 
 std::vector<CallResult> replay_all(const Recording& rec, const Registry& reg, const std::string& only_class) {

@@ -1,10 +1,15 @@
-// One test case per recorded call of an implemented module, for every recording in recordings/:
-// Replay.MatchesRecording/<recording>_<call>_<module path>. The calls of a recorded generate (prefill and
-// decode steps, --record-decode) are grouped: one case per step, DecodeStep.MatchesRecording/<recording>_step<k>,
-// which replays every call of that step (each with the KV cache it was recorded with).
+// The per-call golden suites, one test (one ctest entry, one process) per recording, so that the weights are
+// loaded once and every call of the recording is replayed in a loop:
+//  - Golden/Replay.MatchesRecording/<recording> replays every recorded call of an implemented module of the
+//    forward pass;
+//  - Golden/DecodeStep.MatchesRecording/<recording> replays every call of every step of a recorded generate
+//    (prefill and decode steps, --record-decode), each with the KV cache it was recorded with.
+// A call that does not pass is reported with ADD_FAILURE (its call group, module path, the failing metric and
+// its limit, the worst index and (ours, ref) pairs) and the loop goes on; the test fails if any call failed,
+// and prints one summary line. QVL_ONLY=CLASS[,CLASS] replays only those classes' calls (golden_support.h).
 #include <gtest/gtest.h>
 
-#include <filesystem>
+#include <map>
 #include <set>
 
 #include "tests/golden/golden_support.h"
@@ -15,27 +20,20 @@ namespace {
 
 struct Case {
   std::string recording;  // empty: no recording found
-  size_t index = 0;
   std::string name;
 };
 
-std::vector<Case> cases() {
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+std::vector<Case> cases(bool (*wanted)(const RecordingInfo&), const std::string& none) {
   std::vector<Case> out;
-  Registry reg = Registry::defaults();
-  for (const auto& path : recording_files()) {
-    Recording rec = Recording::open(path);
-    const std::string stem = std::filesystem::path(path).stem().string();
-    for (size_t i = 0; i < rec.calls().size(); ++i) {
-      const CallHeader& h = rec.calls()[i];
-      if (!reg.find(h.module_class) || h.generate_step >= 0) continue;
-      out.push_back({path, i, test_name(stem + "_" + h.group + "_" + h.module_path)});
-    }
-  }
-  if (out.empty()) out.push_back({"", 0, "NoRecordings"});
+  for (const auto& info : recording_index())
+    if (wanted(info)) out.push_back({info.path, info.name});
+  if (out.empty()) out.push_back({"", none});
   return out;
 }
 
-void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+std::string case_name(const ::testing::TestParamInfo<Case>& i) { return i.param.name; }
 
 class Replay : public ::testing::TestWithParam<Case> {};
 
@@ -44,63 +42,68 @@ TEST_P(Replay, MatchesRecording) {
   if (c.recording.empty()) GTEST_SKIP() << "no recordings in " << data_path("recordings") << " (run scripts/record.sh)";
   Recording rec = Recording::open(c.recording);
   const GoldenModel& m = model_for(rec);
-  CallResult r = replay_call(rec, c.index, m.weights, m.config, Registry::defaults());
-  EXPECT_EQ(r.status, CallResult::Status::Pass) << describe(r);
-}
-
-INSTANTIATE_TEST_SUITE_P(Golden, Replay, ::testing::ValuesIn(cases()),
-                         [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
-
-struct StepCase {
-  std::string recording;  // empty: no recording holds a recorded generate
-  int64_t step = 0;
-  std::string name;
-};
-
-std::vector<StepCase> step_cases() {
-  std::vector<StepCase> out;
-  for (const auto& path : recording_files()) {
-    Recording rec = Recording::open(path);
-    int64_t last = -1;
-    for (const auto& h : rec.calls()) last = std::max(last, h.generate_step);
-    const std::string stem = test_name(std::filesystem::path(path).stem().string());
-    for (int64_t k = 0; k <= last; ++k) out.push_back({path, k, stem + "_step" + std::to_string(k)});
+  const Registry reg = Registry::defaults();
+  CallTally tally(c.name);
+  int without_function = 0;
+  for (size_t i = 0; i < rec.calls().size(); ++i) {
+    const CallHeader& h = rec.calls()[i];
+    if (h.generate_step >= 0 || !selected(h)) continue;
+    if (!reg.find(h.module_class)) {
+      ++without_function;
+      continue;
+    }
+    tally.check(replay_call(rec, i, m.weights, m.config, reg));
   }
-  if (out.empty()) out.push_back({"", 0, "NoRecordedGenerate"});
-  return out;
+  if (tally.checked == 0 && !only_classes().empty())
+    GTEST_SKIP() << c.recording << ": no forward-pass call of the QVL_ONLY classes";
+  EXPECT_GT(tally.checked, 0) << c.recording << ": no call of an implemented module";
+  tally.summary("(" + std::to_string(without_function) + " without a function yet)");
 }
 
-void PrintTo(const StepCase& c, std::ostream* os) { *os << c.name; }
+INSTANTIATE_TEST_SUITE_P(Golden, Replay,
+                         ::testing::ValuesIn(cases([](const RecordingInfo&) { return true; }, "NoRecordings")),
+                         case_name);
 
-class DecodeStep : public ::testing::TestWithParam<StepCase> {};
+class DecodeStep : public ::testing::TestWithParam<Case> {};
 
 TEST_P(DecodeStep, MatchesRecording) {
-  const StepCase& c = GetParam();
+  const Case& c = GetParam();
   if (c.recording.empty())
     GTEST_SKIP() << "no recording in " << generated_recordings_dir() << " holds a recorded generate (built by the "
                  << "qvl_recordings target: scripts/record_scenarios.sh, --record-decode)";
   Recording rec = Recording::open(c.recording);
   const GoldenModel& m = model_for(rec);
   const Registry reg = Registry::defaults();
-  int replayed = 0, cached = 0;
-  std::set<std::string> classes;
-  for (size_t i = 0; i < rec.calls().size(); ++i) {
-    const CallHeader& h = rec.calls()[i];
-    if (h.generate_step != c.step || !reg.find(h.module_class)) continue;
-    CallResult r = replay_call(rec, i, m.weights, m.config, reg);
-    EXPECT_EQ(r.status, CallResult::Status::Pass) << describe(r);
-    ++replayed;
-    classes.insert(h.module_class);
-    cached += h.module_class == "Qwen2_5_VLAttention";
+  CallTally tally(c.name);
+  int64_t last = -1;
+  for (const auto& h : rec.calls()) last = std::max(last, h.generate_step);
+  ASSERT_GE(last, 0) << c.recording << ": no recorded generate step";
+  for (int64_t step = 0; step <= last; ++step) {
+    int cached = 0;
+    std::set<std::string> classes;
+    for (size_t i = 0; i < rec.calls().size(); ++i) {
+      const CallHeader& h = rec.calls()[i];
+      if (h.generate_step != step || !reg.find(h.module_class)) continue;
+      classes.insert(h.module_class);
+      cached += h.module_class == "Qwen2_5_VLAttention";
+      if (!selected(h)) continue;
+      tally.check(replay_call(rec, i, m.weights, m.config, reg), "step " + std::to_string(step));
+    }
+    // Each step ran the whole model: the top-level call, every decoder layer's attention (with its cache).
+    EXPECT_TRUE(classes.count("Qwen2_5_VLForConditionalGeneration"))
+        << c.recording << ": step " << step << " has no top-level call";
+    EXPECT_EQ(cached, m.config.text.num_hidden_layers) << c.recording << ": step " << step << ": attention calls";
   }
-  // The step ran the whole model: the top-level call, every decoder layer's attention (with its cache).
-  EXPECT_TRUE(classes.count("Qwen2_5_VLForConditionalGeneration")) << "step " << c.step << " has no top-level call";
-  EXPECT_EQ(cached, m.config.text.num_hidden_layers) << "step " << c.step << ": attention calls";
-  std::printf("%s step %lld: %d calls replayed\n", c.recording.c_str(), static_cast<long long>(c.step), replayed);
+  if (tally.checked == 0 && !only_classes().empty())
+    GTEST_SKIP() << c.recording << ": no generate-step call of the QVL_ONLY classes";
+  tally.summary("over " + std::to_string(last + 1) + " generate steps (prefill + " + std::to_string(last) +
+                " decode steps)");
 }
 
-INSTANTIATE_TEST_SUITE_P(Golden, DecodeStep, ::testing::ValuesIn(step_cases()),
-                         [](const ::testing::TestParamInfo<StepCase>& i) { return i.param.name; });
+INSTANTIATE_TEST_SUITE_P(Golden, DecodeStep,
+                         ::testing::ValuesIn(cases([](const RecordingInfo& i) { return i.has_generate; },
+                                                   "NoRecordedGenerate")),
+                         case_name);
 
 // Every implemented module must actually be exercised by each recording, or a passing suite means little.
 TEST(GoldenCoverage, EveryImplementedModuleIsRecorded) {

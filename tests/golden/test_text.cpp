@@ -32,9 +32,17 @@ TEST(MRope, VisionTokensHavePositionsThatDifferFromTheTextIndex) {
       at::Tensor text = types.eq(0);
       EXPECT_TRUE(at::equal(pos[0].masked_select(text), pos[1].masked_select(text))) << path;
       if (types.eq(2).any().item<bool>()) {
-        // Video frames advance the temporal row: tokens_per_second * second_per_grid_ts per frame pair.
+        // Video frames advance the temporal row by tokens_per_second * int(second_per_grid_ts) per frame
+        // pair. int() truncates a second_per_grid_ts below 1 (fps above 2) to 0: then every frame has one t.
+        const bool has_spg = c.inputs.has("second_per_grid_ts") && c.inputs.at("second_per_grid_ts").is_tensor();
+        const bool truncated = has_spg && c.inputs.at("second_per_grid_ts").tensor.lt(1).all().item<bool>();
         at::Tensor tv = pos[0].masked_select(types.eq(2));
-        EXPECT_GT(std::get<0>(at::_unique(tv)).numel(), 1) << path << ": all video tokens share one t";
+        const int64_t distinct = std::get<0>(at::_unique(tv)).numel();
+        if (truncated) {
+          EXPECT_EQ(distinct, 1) << path << ": second_per_grid_ts < 1 truncates the frame interval to 0";
+        } else {
+          EXPECT_GT(distinct, 1) << path << ": all video tokens share one t";
+        }
         ++videos;
       }
       ++checked;

@@ -2,7 +2,8 @@
 // the plain path: FastPath.MatchesRecording/<recording> replays, with the fast path on, every recorded call of
 // the text MLPs, the decoder layers, the text model, the model and the top level, the prefill and every
 // recorded decode step (each with the KV cache it was recorded with), judged by the same thresholds table as
-// the plain replay. Float32 recordings run it with MKL's packed GEMMs too (fast_packed) where this LibTorch has
+// the plain replay. One test per recording, looping over its calls (failures reported per call, one summary
+// line; QVL_ONLY=CLASS[,CLASS] narrows it, see golden_support.h). Float32 recordings run it with MKL's packed GEMMs too (fast_packed) where this LibTorch has
 // them; bfloat16 ones without (the packed GEMM is float32 only).
 //
 // Left out: the Qwen2_5_VLAttention calls by themselves. The fast attention never forms the attention weights
@@ -31,13 +32,8 @@ struct FastCase {
 
 std::vector<FastCase> fast_cases() {
   std::vector<FastCase> out;
-  for (const auto& path : recording_files()) {
-    const Recording rec = Recording::open(path);
-    bool text = false;  // a vision-only recording has nothing for the fast path
-    for (const auto& h : rec.calls()) text = text || h.module_class == "Qwen2_5_VLDecoderLayer";
-    if (!text) continue;
-    out.push_back({path, test_name(std::filesystem::path(path).stem().string())});
-  }
+  for (const auto& info : recording_index())
+    if (info.has_text) out.push_back({info.path, info.name});  // a vision-only recording has nothing for it
   if (out.empty()) out.push_back({"", "NoRecordingsWithTextCalls"});
   return out;
 }
@@ -64,19 +60,23 @@ TEST_P(FastPath, MatchesRecording) {
     cfg.text.fast = true;
     cfg.text.fast_packed = pack;
     std::map<std::string, int> replayed;
+    CallTally tally(c.name + (pack ? " (fast+packed)" : " (fast)"));
     for (size_t i = 0; i < rec.calls().size(); ++i) {
       const CallHeader& h = rec.calls()[i];
-      if (!kFastClasses.count(h.module_class) || !reg.find(h.module_class)) continue;
-      CallResult r = replay_call(rec, i, fused, cfg, reg);
-      EXPECT_EQ(r.status, CallResult::Status::Pass) << describe(r);
+      if (!kFastClasses.count(h.module_class) || !reg.find(h.module_class) || !selected(h)) continue;
+      tally.check(replay_call(rec, i, fused, cfg, reg));
       ++replayed[h.module_class];
     }
-    // Each recording runs the language model: at least one call of every decoder layer went through the fast path.
-    EXPECT_GE(replayed["Qwen2_5_VLDecoderLayer"], m.config.text.num_hidden_layers) << c.recording;
-    EXPECT_GE(replayed["Qwen2MLP"], m.config.text.num_hidden_layers) << c.recording;
-    std::printf("%s (%s):", c.name.c_str(), pack ? "fast+packed" : "fast");
-    for (const auto& [cls, n] : replayed) std::printf(" %s %d", cls.c_str(), n);
-    std::printf("\n");
+    if (tally.checked == 0 && !only_classes().empty())
+      GTEST_SKIP() << "QVL_ONLY names none of the fast path's classes (Qwen2MLP, Qwen2_5_VLDecoderLayer and up)";
+    if (only_classes().empty()) {
+      // Each recording runs the language model: at least one call of every decoder layer went through the fast path.
+      EXPECT_GE(replayed["Qwen2_5_VLDecoderLayer"], m.config.text.num_hidden_layers) << c.recording;
+      EXPECT_GE(replayed["Qwen2MLP"], m.config.text.num_hidden_layers) << c.recording;
+    }
+    std::string by_class;
+    for (const auto& [cls, n] : replayed) by_class += (by_class.empty() ? "(" : ", ") + cls + " " + std::to_string(n);
+    tally.summary(by_class.empty() ? "" : by_class + ")");
   }
 }
 

@@ -52,13 +52,16 @@ TEST(GoldenCoverage, VisionRecordingsCoverFullWindowedAndPadding) {
   EXPECT_GT(checked, 0) << "no recording with a vision tower";
 }
 
-// The issue-3 scenarios exist (the build records them when the Python environment is configured).
+// The generated scenarios exist (the build records them when the Python environment is configured).
 TEST(GoldenCoverage, VisionScenariosAreRecorded) {
   const std::string dir = generated_recordings_dir();
   if (!std::filesystem::exists(dir + "/.stamp")) {
     GTEST_SKIP() << "scenario recordings absent: " << dir << " (configure with -DQVL_PYTHON=<pinned venv python>)";
   }
-  for (const char* name : {"tiny_w112_252x196", "tiny_two_images", "tiny_video", "vision_real_476x420"})
+  for (const char* name : {"tiny_w112_252x196", "tiny_two_images", "tiny_video", "vision_real_476x420",
+                           // issue 14: what users vary (frame rates, mixed media, image shapes, config fields)
+                           "tiny_video_fps1", "tiny_video_fps4", "tiny_image_video", "tiny_small_wide",
+                           "tiny_variant_text", "tiny_merge3_mha"})
     for (const char* d : {"fp32", "bf16"})
       EXPECT_TRUE(file_exists(dir + "/" + name + "_" + d + ".h5")) << name << "_" << d;
 }

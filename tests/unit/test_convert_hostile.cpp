@@ -114,6 +114,60 @@ TEST(Hostile, OverlappingOffsets) {
       "tensors 'a' [0, 16) and 'b' [8, 24) overlap");
 }
 
+// Polyglots: bytes that no tensor accounts for. The safetensors library refuses both ("invalid offset for
+// tensor", "incomplete metadata, file not fully covered"); so do convert, inspect and direct loading.
+const char* kGapHeader =
+    R"({"a":{"dtype":"I8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"I8","shape":[2],"data_offsets":[6,8]}})";
+const char* kGapError =
+    "model.safetensors': tensor 'b' starts at data offset 6, but tensor 'a' ends at 2: 4 bytes in between "
+    "belong to no tensor";
+
+TEST(Hostile, GapBetweenTensors) {
+  TempDir d;
+  expect_one_clear_error(d, ckpt_with(d, raw(kGapHeader, 8)), kGapError);
+}
+
+TEST(Hostile, BytesAfterTheLastTensor) {
+  QVL_REQUIRE_FILE(tiny_checkpoint_dir() + "/model.safetensors");
+  TempDir d;
+  const std::string dir = d.file("ckpt");
+  write_tiny_checkpoint(dir, {});
+  const std::string shard = dir + "/model.safetensors";
+  const SafetensorsEntry last = SafetensorsFile::open(shard).entries().back();  // before the append
+  std::ofstream(shard, std::ios::app | std::ios::binary) << "hidden payload";     // 14 bytes no tensor owns
+  expect_one_clear_error(d, dir,
+                         "model.safetensors': 14 bytes after the last tensor '" + last.name +
+                             "' (which ends at data offset " + std::to_string(last.end) +
+                             ") belong to no tensor: the data area is " + std::to_string(last.end + 14) +
+                             " bytes");
+}
+
+// `qvl inspect` on such a file and `qvl check` on such a checkpoint: the same one error, a non-zero exit.
+TEST(Hostile, InspectAndCheckRefusePolyglots) {
+  TempDir d;
+  const std::string dir = ckpt_with(d, raw(kGapHeader, 8));
+  for (const std::string& target : {dir + "/model.safetensors", dir}) {
+    auto r = run_qvl("inspect " + target);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_EQ(r.output.rfind("qvl inspect: error: ", 0), 0u) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << "not one line:\n" << r.output;
+    EXPECT_NE(r.output.find(kGapError), std::string::npos) << r.output;
+  }
+  write_file(dir + "/model.safetensors", raw(R"({"a":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}})", 7));
+  auto r = run_qvl("inspect " + dir + "/model.safetensors");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << "not one line:\n" << r.output;
+  EXPECT_NE(r.output.find("4 bytes after the last tensor 'a' (which ends at data offset 3) belong to no tensor"),
+            std::string::npos)
+      << r.output;
+  const std::string rec = data_path("recordings/tiny_fp32.h5");
+  QVL_REQUIRE_FILE(rec);
+  r = run_qvl("check " + dir + " " + rec);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("qvl check: error: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("4 bytes after the last tensor 'a'"), std::string::npos) << r.output;
+}
+
 TEST(Hostile, DtypeShapeAndByteCountDisagree) {
   TempDir d;
   expect_one_clear_error(d,

@@ -43,6 +43,33 @@ TEST(Metrics, WorstRowIsReportedByMinRowCosine) {
   EXPECT_EQ(m.worst_index[0], 37);
 }
 
+TEST(Metrics, RowCosinesGiveOneValuePerRowInRowMajorOrder) {
+  // [2, 3, 4]: six rows of four. Row 4 (batch 1, token 1) is negated, row 2 scaled (cosine stays 1), row 5
+  // zeroed in ours only (cosine 0 by definition), and both sides of row 0 are zero (cosine 1).
+  at::Tensor ref = at::randn({2, 3, 4}, at::kDouble);
+  ref[0][0].zero_();
+  at::Tensor ours = ref.clone();
+  ours[1][1] = -ours[1][1];
+  ours[0][2] = ours[0][2] * 3.0;
+  ours[1][2].zero_();
+  const std::vector<double> rc = row_cosines(ours, ref);
+  ASSERT_EQ(rc.size(), 6u);
+  EXPECT_DOUBLE_EQ(rc[0], 1.0);
+  EXPECT_NEAR(rc[1], 1.0, 1e-12);
+  EXPECT_NEAR(rc[2], 1.0, 1e-12);
+  EXPECT_NEAR(rc[3], 1.0, 1e-12);
+  EXPECT_NEAR(rc[4], -1.0, 1e-12);
+  EXPECT_DOUBLE_EQ(rc[5], 0.0);
+  // An independent float64 computation of one row, and compare() carries the same values.
+  const at::Tensor a = ours[1][1], b = ref[1][1];
+  EXPECT_NEAR(rc[4], (a * b).sum().item<double>() / (a.norm() * b.norm()).item<double>(), 1e-15);
+  const Metrics m = compare(ours, ref);
+  ASSERT_EQ(m.row_cos.size(), 6u);
+  for (size_t i = 0; i < rc.size(); ++i) EXPECT_DOUBLE_EQ(m.row_cos[i], rc[i]) << i;
+  EXPECT_DOUBLE_EQ(m.min_row_cos, rc[4]);
+  EXPECT_THROW(row_cosines(at::zeros({2, 4}), at::zeros({3, 4})), std::runtime_error);
+}
+
 TEST(Metrics, IntegersAreExact) {
   at::Tensor ref = at::arange(10, at::kLong);
   at::Tensor ours = ref.clone();

@@ -159,7 +159,7 @@ TEST(Rope2d, RotationPreservesEveryPairsNorm) {
   at::Tensor nx = x.view({2, 3, 20, 8, 2}).pow(2).sum(-1), ny = y.view({2, 3, 20, 8, 2}).pow(2).sum(-1);
   EXPECT_LE(max_abs(nx, ny) / max_abs(nx), 1e-6);
   EXPECT_EQ(y.scalar_type(), at::kFloat);
-  // dtype flow: computed in float32, returned in x's dtype (type_as)
+  // dtype flow: returned in x's dtype (type_as); a float64 x is computed in float64 (for gradcheck)
   EXPECT_EQ(apply_pairs_complex(x.to(at::kDouble), axial_grid_angles(16, 4, 5, 100.0)).scalar_type(), at::kDouble);
 }
 

@@ -86,6 +86,54 @@ TEST(Safetensors, OverlappingOffsetsAreAnError) {
   EXPECT_NE(e.find("overlap"), std::string::npos) << e;
 }
 
+// The reference library's rule: the tensors tile the data area exactly. A gap between two tensors, a first
+// tensor that does not start at 0, or bytes after the last one are refused, naming the file, the tensor
+// and the offsets.
+TEST(Safetensors, BytesThatNoTensorCoversAreAnError) {
+  TempDir d;
+  write_file(d.file("gap.safetensors"),
+             raw(R"({"a":{"dtype":"I8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"I8","shape":[2],"data_offsets":[6,8]}})",
+                 8));
+  EXPECT_EQ(error_of(d.file("gap.safetensors")),
+            "'" + d.file("gap.safetensors") +
+                "': tensor 'b' starts at data offset 6, but tensor 'a' ends at 2: 4 bytes in between belong to no "
+                "tensor (the safetensors library refuses such a gap)");
+  write_file(d.file("start.safetensors"), raw(R"({"a":{"dtype":"I8","shape":[4],"data_offsets":[4,8]}})", 8));
+  EXPECT_NE(error_of(d.file("start.safetensors"))
+                .find("tensor 'a' starts at data offset 4, but the data area starts at 0: 4 bytes in between"),
+            std::string::npos)
+      << error_of(d.file("start.safetensors"));
+  write_file(d.file("tail.safetensors"), raw(R"({"a":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}})", 7));
+  EXPECT_EQ(error_of(d.file("tail.safetensors")),
+            "'" + d.file("tail.safetensors") +
+                "': 4 bytes after the last tensor 'a' (which ends at data offset 3) belong to no tensor: the data "
+                "area is 7 bytes (the safetensors library refuses a file not fully covered)");
+  write_file(d.file("none.safetensors"), raw(R"({"__metadata__":{"format":"pt"}})", 2));
+  EXPECT_NE(error_of(d.file("none.safetensors")).find("2 bytes after the last tensor (the header names none)"),
+            std::string::npos)
+      << error_of(d.file("none.safetensors"));
+}
+
+// Empty tensors ([k, k]) are valid wherever they sit on a boundary, as the library allows.
+TEST(Safetensors, EmptyTensorsOnBoundariesAreValid) {
+  TempDir d;
+  write_file(d.file("e.safetensors"),
+             raw(R"({"z0":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                 R"("z1":{"dtype":"BF16","shape":[0,3],"data_offsets":[4,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},)"
+                 R"("z2":{"dtype":"U8","shape":[2,0],"data_offsets":[8,8]}})",
+                 8));
+  EXPECT_EQ(error_of(d.file("e.safetensors")), "");
+  SafetensorsFile f = SafetensorsFile::open(d.file("e.safetensors"));
+  EXPECT_EQ(f.entries().size(), 5u);
+  EXPECT_EQ(f.read("z1").sizes(), at::IntArrayRef({0, 3}));
+  // Inside a tensor, an empty one overlaps it.
+  write_file(d.file("in.safetensors"),
+             raw(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"z":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}})",
+                 8));
+  EXPECT_NE(error_of(d.file("in.safetensors")).find("tensors 'a' [0, 8) and 'z' [4, 4) overlap"), std::string::npos)
+      << error_of(d.file("in.safetensors"));
+}
+
 TEST(Safetensors, DtypeShapeAndByteCountMustAgree) {
   TempDir d;
   write_file(d.file("c.safetensors"), raw(R"({"a":{"dtype":"F32","shape":[5],"data_offsets":[0,16]}})", 16));
