@@ -28,6 +28,31 @@ const Value& RecordedCall::output(int index) const {
   return outputs.at(key);
 }
 
+namespace {
+// settings.generate_step of a call header's settings JSON, -1 when absent.
+int64_t generate_step_of(const std::string& settings) {
+  const auto st = nlohmann::json::parse(settings, nullptr, false);
+  if (st.is_object() && st.contains("generate_step") && st["generate_step"].is_number_integer())
+    return st["generate_step"].get<int64_t>();
+  return -1;
+}
+
+CallSummary parse_summary(const std::string& text, const std::string& where) {
+  const auto j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object() || !j.contains("classes") || !j["classes"].is_object() || !j.contains("generate_steps") ||
+      !j["generate_steps"].is_number_integer()) {
+    throw h5::CorruptError(where + ": root attribute 'call_summary' is not {\"classes\": {...}, \"generate_steps\": n}");
+  }
+  CallSummary s;
+  for (const auto& [k, v] : j["classes"].items()) {
+    if (!v.is_number_integer()) throw h5::CorruptError(where + ": call_summary: count of '" + k + "' is not an integer");
+    s.classes[k] = v.get<int64_t>();
+  }
+  s.generate_steps = j["generate_steps"].get<int64_t>();
+  return s;
+}
+}  // namespace
+
 std::string call_group_name(int64_t seq) {
   char name[24];
   std::snprintf(name, sizeof(name), "%06lld", static_cast<long long>(seq));
@@ -99,12 +124,46 @@ Recording Recording::open(const std::string& path) {
     h.call_index = h5::attr_int(g.id(), "call_index", here);
     h.parent = h5::attr_int(g.id(), "parent", here);
     h.settings = h5::has_attr(g.id(), "settings") ? h5::attr_str(g.id(), "settings", here) : "{}";
-    auto st = nlohmann::json::parse(h.settings, nullptr, false);
-    if (st.is_object() && st.contains("generate_step") && st["generate_step"].is_number_integer())
-      h.generate_step = st["generate_step"].get<int64_t>();
+    h.generate_step = generate_step_of(h.settings);
     r.headers_.push_back(std::move(h));
   }
+  if (h5::has_attr(f, "call_summary")) {
+    const CallSummary stated = parse_summary(h5::attr_str(f, "call_summary", where), where);
+    const CallSummary found = CallSummary::of(r.headers_);
+    if (!(stated == found)) {
+      throw h5::CorruptError(where + ": the calls do not match the root attribute call_summary (stated " +
+                             stated.json() + ", found " + found.json() + ")");
+    }
+  }
   return r;
+}
+
+CallSummary CallSummary::of(const std::vector<CallHeader>& headers) {
+  CallSummary s;
+  std::set<int64_t> steps;
+  for (const auto& h : headers) {
+    ++s.classes[h.module_class];
+    if (h.generate_step >= 0) steps.insert(h.generate_step);
+  }
+  s.generate_steps = static_cast<int64_t>(steps.size());
+  return s;
+}
+
+std::string CallSummary::json() const {
+  nlohmann::json j;
+  j["classes"] = classes;
+  j["generate_steps"] = generate_steps;
+  return j.dump();
+}
+
+
+CallSummary Recording::summary(const std::string& path) {
+  {
+    h5::File f = h5::open_read(path);
+    const std::string where = "'" + path + "'";
+    if (h5::has_attr(f.id(), "call_summary")) return parse_summary(h5::attr_str(f.id(), "call_summary", where), where);
+  }
+  return CallSummary::of(open(path).calls());  // older file: read every call header
 }
 
 const std::string& Recording::attr(const std::string& name) const {
@@ -154,6 +213,7 @@ int64_t RecordingWriter::begin(const std::string& module_path, const std::string
   p.header.call_index = counts_[module_path]++;
   p.header.parent = stack_.empty() ? -1 : stack_.back();
   p.header.settings = settings_json;
+  p.header.generate_step = generate_step_of(settings_json);
   // Detach and copy: the caller may reuse its buffers after the call.
   p.inputs = inputs;
   for (auto& t : p.inputs.items)
@@ -183,6 +243,11 @@ void RecordingWriter::close() {
     // The reader checks the call groups against this count, and every dataset's checksum (h5io.h).
     h5::set_attr(f.id(), "num_calls", static_cast<int64_t>(calls_.size()));
     h5::set_attr(f.id(), "checksums", std::string(h5::kChecksums));
+    {
+      std::vector<CallHeader> headers;
+      for (const auto& p : calls_) headers.push_back(p.header);
+      h5::set_attr(f.id(), "call_summary", CallSummary::of(headers).json());
+    }
     h5::Handle calls = h5::make_group(f.id(), "calls");
     for (const auto& p : calls_) {
       h5::Handle g = h5::make_group(calls.id(), call_group_name(p.header.seq));

@@ -45,11 +45,28 @@ std::string call_group_name(int64_t seq);
 // what is missing, e.g. "recording 'x.h5': call 000010 missing (root says 58 calls; found 57)".
 void check_call_groups(const std::vector<std::string>& names, int64_t stated, const std::string& path);
 
+// What a recording holds, in brief: the number of calls of each module class and of generate's recorded forward
+// passes (prefill + decode steps). Both writers store it as the root attribute `call_summary` (JSON text,
+// {"classes": {class: n}, "generate_steps": n}), so that a reader that only needs to know what is inside (the
+// golden suites, when they register one test per recording) does not open every call group.
+struct CallSummary {
+  std::map<std::string, int64_t> classes;
+  int64_t generate_steps = 0;  // top-level calls of generate's forward passes; 0: no generate recorded
+
+  static CallSummary of(const std::vector<CallHeader>& headers);
+  std::string json() const;
+  bool has(const std::string& module_class) const { return classes.count(module_class) > 0; }
+  bool operator==(const CallSummary& o) const { return classes == o.classes && generate_steps == o.generate_steps; }
+};
+
 class Recording {
  public:
   // Errors name the file and what is wrong: missing call groups (check_call_groups), a dataset that fails
   // its checksum (on load()). A file without checksums reads, with one note on stderr (h5io.h).
   static Recording open(const std::string& path);
+  // The root attribute `call_summary` alone, without reading the call groups; a file written before the
+  // attribute existed is opened in full and summarised. open() checks the stored summary against the calls.
+  static CallSummary summary(const std::string& path);
 
   const std::string& path() const { return path_; }
   const std::string& attr(const std::string& name) const;  // string root attrs (format, producer, dtype, config...)

@@ -726,6 +726,9 @@ def new_recording(path: str, root_attrs: dict, num_calls: int):
             f.attrs["num_calls"] = np.int64(num_calls)
             f.attrs["checksums"] = "fletcher32"
             yield f
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; the recording is an ordinary file
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
@@ -733,7 +736,20 @@ def new_recording(path: str, root_attrs: dict, num_calls: int):
         raise
 
 
+def call_summary(calls: list[Call]) -> str:
+    """The root attribute call_summary: calls per module class and the number of generate's recorded forward
+    passes, so that a reader can tell what a recording holds without opening its call groups (the C++
+    CallSummary writes and checks the same JSON)."""
+    classes: dict = {}
+    for c in calls:
+        classes[c.module_class] = classes.get(c.module_class, 0) + 1
+    steps = {c.settings["generate_step"] for c in calls
+             if isinstance(c.settings.get("generate_step"), int) and c.settings["generate_step"] >= 0}
+    return json.dumps({"classes": classes, "generate_steps": len(steps)}, sort_keys=True)
+
+
 def write_recording(path: str, calls: list[Call], root_attrs: dict) -> None:
+    root_attrs = dict(root_attrs, call_summary=call_summary(calls))
     with new_recording(path, root_attrs, len(calls)) as f:
         cg = f.create_group("calls")
         seen: dict = {}

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-ROOT_ATTRS = ("producer", "torch_version", "dtype", "seed", "config", "scenario")
+ROOT_ATTRS = ("producer", "torch_version", "dtype", "seed", "config", "scenario", "call_summary")
 FLOATS = ("float32", "float64", "float16", "bfloat16")
 FP32_MAX_REL = 1e-5      # instrument/thresholds.cpp, float32 row
 FP32_MIN_COS = 0.99999   # same row

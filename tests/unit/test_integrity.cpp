@@ -85,7 +85,7 @@ void copy_attrs(hid_t from, hid_t to, bool root) {
       },
       &names);
   for (const auto& name : names) {
-    if (root && (name == "checksums" || name == "num_calls")) continue;
+    if (root && (name == "checksums" || name == "num_calls" || name == "call_summary")) continue;
     if (root && name == "format_version") {
       h5::set_attr(to, name, static_cast<int64_t>(1));
       continue;
@@ -127,7 +127,7 @@ void copy_tree(hid_t from, hid_t to) {
 }
 
 // `src` rewritten as qvl wrote files before checksums: HDF5's earliest format, every dataset contiguous and
-// unfiltered, format_version 1, no `checksums` and no `num_calls` root attribute.
+// unfiltered, format_version 1, no `checksums`, `num_calls` or `call_summary` root attribute.
 void write_legacy_copy(const std::string& src, const std::string& dst) {
   h5::File in = h5::open_read(src);
   h5::Handle fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
@@ -443,6 +443,57 @@ TEST(Integrity, CallGroupsMustBeContiguousAndCounted) {
   EXPECT_EQ(error(many, 10),
             "recording 'x.h5': calls 000003, 000004, 000005, 000006, 000007 and 2 more missing (root says 10 calls; "
             "found 3)");
+}
+
+// The root attribute call_summary (what a recording holds, read without opening its call groups): both writers
+// store it, it equals the summary of the calls, a file that disagrees with it is corrupt, and a file written
+// before it is summarised from its calls.
+TEST(Integrity, CallSummaryIsStoredCheckedAndDerivedForOldFiles) {
+  TempDir d;
+  {
+    RecordingWriter rw(d.file("r.h5"), {{"dtype", "float32"}, {"producer", "qvl test"}});
+    for (int step : {-1, 0, 1}) {
+      const std::string settings = step < 0 ? "{}" : "{\"generate_step\": " + std::to_string(step) + "}";
+      const int64_t top = rw.begin("", "Top", Value::dict({{"x", Value::of(at::ones({2}))}}), settings);
+      const int64_t inner = rw.begin("a", "Inner", Value::dict({{"x", Value::of(at::ones({2}))}}), settings);
+      rw.end(inner, Value::of(at::ones({2})));
+      rw.end(top, Value::of(at::ones({2})));
+    }
+    rw.close();
+  }
+  const CallSummary s = Recording::summary(d.file("r.h5"));
+  EXPECT_EQ(s.classes, (std::map<std::string, int64_t>{{"Inner", 3}, {"Top", 3}}));
+  EXPECT_EQ(s.generate_steps, 2);
+  EXPECT_TRUE(s.has("Inner"));
+  EXPECT_FALSE(s.has("Qwen2_5_VLDecoderLayer"));
+  EXPECT_TRUE(s == CallSummary::of(Recording::open(d.file("r.h5")).calls()));
+
+  // The Python recorder's files carry the same attribute, equal to their calls' summary.
+  QVL_REQUIRE_FILE(data_path(kFp32));
+  {
+    h5::File f = h5::open_read(data_path(kFp32));
+    EXPECT_TRUE(h5::has_attr(f.id(), "call_summary")) << kFp32;
+  }
+  EXPECT_TRUE(Recording::summary(data_path(kFp32)) == CallSummary::of(Recording::open(data_path(kFp32)).calls()));
+
+  // A summary that disagrees with the calls: open() names both.
+  fs::copy_file(d.file("r.h5"), d.file("bad.h5"));
+  {
+    h5::File f = h5::open_write(d.file("bad.h5"));
+    ASSERT_GE(H5Adelete(f.id(), "call_summary"), 0);
+    h5::set_attr(f.id(), "call_summary", std::string(R"({"classes": {"Inner": 3, "Top": 2}, "generate_steps": 2})"));
+  }
+  try {
+    Recording::open(d.file("bad.h5"));
+    ADD_FAILURE() << "a recording whose calls disagree with call_summary opened";
+  } catch (const h5::CorruptError& e) {
+    EXPECT_NE(std::string(e.what()).find("do not match the root attribute call_summary"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bad.h5"), std::string::npos) << e.what();
+  }
+
+  // Written before the attribute: summarised from the calls.
+  write_legacy_copy(d.file("r.h5"), d.file("old.h5"));
+  EXPECT_TRUE(Recording::summary(d.file("old.h5")) == s);
 }
 
 // A call group deleted from a recording (as h5py's `del f["calls/000010"]` does): `qvl check` stops with
