@@ -75,24 +75,8 @@ void fsync_path(const std::string& path, bool directory) {
   if (rc != 0) throw std::runtime_error(quoted(path) + ": fsync failed (" + std::strerror(errno) + ")");
 }
 
-// torch names as stored in the `dtype` attribute of qvl HDF5 datasets.
-const std::pair<const char*, at::ScalarType> kTorchNames[] = {
-    {"float64", at::kDouble},
-    {"float32", at::kFloat},
-    {"float16", at::kHalf},
-    {"bfloat16", at::kBFloat16},
-    {"int64", at::kLong},
-    {"int32", at::kInt},
-    {"int16", at::kShort},
-    {"int8", at::kChar},
-    {"uint8", at::kByte},
-    {"bool", at::kBool},
-    {"float8_e4m3fn", at::kFloat8_e4m3fn},
-    {"float8_e5m2", at::kFloat8_e5m2},
-};
 at::ScalarType torch_dtype_of(const std::string& name, const std::string& where) {
-  for (const auto& [n, t] : kTorchNames)
-    if (name == n) return t;
+  if (const auto t = dtype_from_name(name)) return *t;
   throw std::runtime_error(where + ": dtype '" + name + "' cannot be written to safetensors");
 }
 }  // namespace
@@ -546,7 +530,7 @@ std::vector<StoredTensor> list_h5_tensors(const std::string& path) {
   std::vector<StoredTensor> out;
   std::function<void(hid_t, const std::string&)> walk = [&](hid_t g, const std::string& prefix) {
     for (const auto& name : h5::children(g)) {
-      const std::string dotted = prefix.empty() ? name : prefix + "." + name;
+      const std::string dotted = join_path(prefix, name);
       if (h5::is_group(g, name)) {
         h5::Handle sub = h5::open_group(g, name, quoted(path));
         walk(sub.id(), dotted);

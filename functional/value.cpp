@@ -22,22 +22,37 @@ const char* kind_name(Value::Kind k) {
   return "?";
 }
 
+namespace {
+const std::vector<std::pair<at::ScalarType, const char*>>& dtype_names() {
+  static const std::vector<std::pair<at::ScalarType, const char*>> table = {
+      {at::kDouble, "float64"}, {at::kFloat, "float32"}, {at::kHalf, "float16"}, {at::kBFloat16, "bfloat16"},
+      {at::kLong, "int64"},     {at::kInt, "int32"},     {at::kShort, "int16"},  {at::kChar, "int8"},
+      {at::kByte, "uint8"},     {at::kBool, "bool"},     {at::kFloat8_e4m3fn, "float8_e4m3fn"},
+      {at::kFloat8_e5m2, "float8_e5m2"},
+  };
+  return table;
+}
+}  // namespace
+
 std::string dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kDouble: return "float64";
-    case at::kFloat: return "float32";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kLong: return "int64";
-    case at::kInt: return "int32";
-    case at::kShort: return "int16";
-    case at::kChar: return "int8";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    case at::kFloat8_e4m3fn: return "float8_e4m3fn";
-    case at::kFloat8_e5m2: return "float8_e5m2";
-    default: return std::string("unsupported(") + c10::toString(t) + ")";
-  }
+  for (const auto& [dt, name] : dtype_names())
+    if (dt == t) return name;
+  return std::string("unsupported(") + c10::toString(t) + ")";
+}
+
+std::optional<at::ScalarType> dtype_from_name(const std::string& name) {
+  for (const auto& [dt, n] : dtype_names())
+    if (name == n) return dt;
+  return std::nullopt;
+}
+
+const std::vector<at::ScalarType>& named_dtypes() {
+  static const std::vector<at::ScalarType> all = [] {
+    std::vector<at::ScalarType> out;
+    for (const auto& [dt, n] : dtype_names()) out.push_back(dt);
+    return out;
+  }();
+  return all;
 }
 
 Value Value::of(at::Tensor t) {
@@ -142,7 +157,7 @@ std::vector<std::pair<std::string, at::Tensor>> Value::tensors(const std::string
   }
   for (size_t j = 0; j < items.size(); ++j) {
     std::string name = kind == Kind::Dict ? keys[j] : std::to_string(j);
-    std::string p = prefix.empty() ? name : prefix + "." + name;
+    std::string p = join_path(prefix, name);
     for (auto& x : items[j].tensors(p)) out.push_back(std::move(x));
   }
   return out;

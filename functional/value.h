@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,6 +50,10 @@ struct Value {
 };
 
 const char* kind_name(Value::Kind k);
-std::string dtype_name(at::ScalarType t);  // torch's name: "float32", "bfloat16", "int64", ...
+// torch's dtype names ("float32", "bfloat16", "int64", ...), the one table of them: the `dtype` attribute of
+// qvl's HDF5 datasets, recording attributes and the safetensors writer all use it.
+std::string dtype_name(at::ScalarType t);
+std::optional<at::ScalarType> dtype_from_name(const std::string& name);  // inverse of dtype_name; none if unknown
+const std::vector<at::ScalarType>& named_dtypes();                        // every dtype with a name, in order
 
 }  // namespace qvl

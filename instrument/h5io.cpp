@@ -114,7 +114,7 @@ std::string coords(const std::vector<hsize_t>& c) {
 }
 
 struct DtypeInfo {
-  const char* name;
+  std::string name;  // dtype_name(torch) (functional/value.h)
   at::ScalarType torch;
   hid_t (*file_type)();
   hid_t (*mem_type)();
@@ -139,15 +139,21 @@ hid_t n_u8() { return H5T_NATIVE_UINT8; }
 
 // The dtypes qvl reads and writes. float16 and bfloat16 travel as uint16 bits; bool as uint8.
 const std::vector<DtypeInfo>& dtypes() {
-  static const std::vector<DtypeInfo> table = {
-      {"float64", at::kDouble, t_f64, n_f64}, {"float32", at::kFloat, t_f32, n_f32},
-      {"float16", at::kHalf, t_u16, n_u16},   {"bfloat16", at::kBFloat16, t_u16, n_u16},
-      {"int64", at::kLong, t_i64, n_i64},     {"int32", at::kInt, t_i32, n_i32},
-      {"int16", at::kShort, t_i16, n_i16},    {"int8", at::kChar, t_i8, n_i8},
-      {"uint8", at::kByte, t_u8, n_u8},       {"bool", at::kBool, t_u8, n_u8},
-      // FP8 checkpoints (safetensors F8_E4M3 / F8_E5M2): the bits as uint8, like bfloat16 as uint16.
-      {"float8_e4m3fn", at::kFloat8_e4m3fn, t_u8, n_u8}, {"float8_e5m2", at::kFloat8_e5m2, t_u8, n_u8},
-  };
+  static const std::vector<DtypeInfo> table = [] {
+    const std::map<at::ScalarType, std::pair<hid_t (*)(), hid_t (*)()>> types = {
+        {at::kDouble, {t_f64, n_f64}}, {at::kFloat, {t_f32, n_f32}}, {at::kHalf, {t_u16, n_u16}},
+        {at::kBFloat16, {t_u16, n_u16}}, {at::kLong, {t_i64, n_i64}}, {at::kInt, {t_i32, n_i32}},
+        {at::kShort, {t_i16, n_i16}}, {at::kChar, {t_i8, n_i8}}, {at::kByte, {t_u8, n_u8}}, {at::kBool, {t_u8, n_u8}},
+        // FP8 checkpoints (safetensors F8_E4M3 / F8_E5M2): the bits as uint8, like bfloat16 as uint16.
+        {at::kFloat8_e4m3fn, {t_u8, n_u8}}, {at::kFloat8_e5m2, {t_u8, n_u8}},
+    };
+    std::vector<DtypeInfo> out;
+    for (at::ScalarType t : named_dtypes()) {
+      const auto& [file, mem] = types.at(t);
+      out.push_back({dtype_name(t), t, file, mem});
+    }
+    return out;
+  }();
   return table;
 }
 
@@ -159,7 +165,7 @@ const DtypeInfo* find_dtype(const std::string& name) {
 
 std::string supported_dtypes() {
   std::string s;
-  for (const auto& d : dtypes()) s += (s.empty() ? "" : ", ") + std::string(d.name);
+  for (const auto& d : dtypes()) s += (s.empty() ? "" : ", ") + d.name;
   return s;
 }
 
@@ -710,7 +716,7 @@ WeightsFile read_weights(const std::string& path) {
 
   std::function<void(hid_t, const std::string&)> walk = [&](hid_t g, const std::string& prefix) {
     for (const auto& name : children(g)) {
-      const std::string dotted = prefix.empty() ? name : prefix + "." + name;
+      const std::string dotted = join_path(prefix, name);
       if (is_group(g, name)) {
         Handle sub = open_group(g, name, where);
         walk(sub.id(), dotted);
