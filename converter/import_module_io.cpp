@@ -40,12 +40,6 @@ std::string read_text(const std::string& path) {
   return os.str();
 }
 
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 // Runs argv[0] with argv, stdout and stderr inherited; returns the exit status (128 + signal if killed).
 int run_process(const std::vector<std::string>& argv) {
   std::vector<char*> args;
@@ -90,12 +84,12 @@ void check_vision_weights(const std::map<std::string, std::vector<int64_t>>& act
     if (e.key.rfind("model.visual.", 0) != 0) continue;
     known[e.key] = true;
     auto it = actual.find(e.key);
-    if (it == actual.end()) problems.push_back("missing tensor '" + e.key + "' (expected " + shape_text(e.shape) + ")");
+    if (it == actual.end()) problems.push_back("missing tensor '" + e.key + "' (expected " + shape_str(e.shape) + ")");
     else if (it->second != e.shape)
-      problems.push_back("shape mismatch for '" + e.key + "': expected " + shape_text(e.shape) + ", got " + shape_text(it->second));
+      problems.push_back("shape mismatch for '" + e.key + "': expected " + shape_str(e.shape) + ", got " + shape_str(it->second));
   }
   for (const auto& [k, s] : actual)
-    if (!known.count(k)) problems.push_back("unexpected tensor '" + k + "' " + shape_text(s) + " is not a vision weight for this config");
+    if (!known.count(k)) problems.push_back("unexpected tensor '" + k + "' " + shape_str(s) + " is not a vision weight for this config");
   if (problems.empty()) return;
   std::string msg = source + ": " + std::to_string(problems.size()) + " vision tensor(s) do not match config.json (depth " +
                     std::to_string(cfg.vision.depth) + ", hidden " + std::to_string(cfg.vision.hidden_size) + "):";

@@ -2,14 +2,10 @@
 
 #include <stdexcept>
 
+#include "functional/weights.h"  // shape_str
+
 namespace qvl {
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -84,12 +80,12 @@ void check_tensor_shapes(const std::map<std::string, std::vector<int64_t>>& actu
     auto it = actual.find(e.key);
     if (it == actual.end()) {
       if (!e.optional) {
-        problems.push_back("missing tensor '" + e.key + "' (expected " + shape_text(e.shape) + ")" +
+        problems.push_back("missing tensor '" + e.key + "' (expected " + shape_str(e.shape) + ")" +
                            (e.key == "lm_head.weight" ? ", and tie_word_embeddings is false" : ""));
       }
     } else if (it->second != e.shape) {
-      problems.push_back("shape mismatch for '" + e.key + "': expected " + shape_text(e.shape) + ", got " +
-                         shape_text(it->second));
+      problems.push_back("shape mismatch for '" + e.key + "': expected " + shape_str(e.shape) + ", got " +
+                         shape_str(it->second));
     }
   }
   for (const auto& [key, shape] : actual) {
@@ -101,7 +97,7 @@ void check_tensor_shapes(const std::map<std::string, std::vector<int64_t>>& actu
           " looks like a quantisation scale: quantised (e.g. FP8) checkpoints are not supported, dequantise "
           "first";
     }
-    problems.push_back("unexpected tensor '" + key + "' " + shape_text(shape) + why);
+    problems.push_back("unexpected tensor '" + key + "' " + shape_str(shape) + why);
   }
   if (problems.empty()) return;
   std::string msg = source + ": " + std::to_string(problems.size()) + " tensor" +
