@@ -177,7 +177,7 @@ void Weights::set(const std::string& dotted, at::Tensor t) {
   std::string walked = path_;
   auto parts = split_dotted(dotted);
   for (size_t i = 0; i < parts.size(); ++i) {
-    walked = walked.empty() ? parts[i] : walked + "." + parts[i];
+    walked = join_path(walked, parts[i]);
     auto& child = cur->children[parts[i]];
     if (!child) child = std::make_shared<Node>();
     bool last = i + 1 == parts.size();
@@ -284,6 +284,18 @@ std::vector<int64_t> Weights::leaf_shape(const std::string& dotted) const {
   if (cur->lazy) return cur->lazy->shape;
   if (!cur->leaf.defined()) throw WeightsError("weights: '" + child_path(dotted) + "' is a group, not a tensor");
   return cur->leaf.sizes().vec();
+}
+
+Weights cast_floating(const Weights& w, at::ScalarType dtype) {
+  Weights out;
+  for (const auto& [k, t] : w.flatten()) out.set(k, t.is_floating_point() ? t.to(dtype) : t);
+  return out;
+}
+
+Weights to_device(const Weights& w, const at::Device& device) {
+  Weights out;
+  for (const auto& [k, t] : w.flatten()) out.set(k, t.to(device));
+  return out;
 }
 
 }  // namespace qvl

@@ -114,4 +114,11 @@ std::vector<std::string> split_dotted(const std::string& dotted);
 std::string join_path(const std::string& parent, const std::string& child);
 std::string shape_str(at::IntArrayRef shape);
 
+// A copy of the tree with every floating tensor cast to `dtype`: what from_pretrained(dtype=...) does to
+// a checkpoint, so a bf16 recording is replayed with the same bf16 weights HF used.
+Weights cast_floating(const Weights& w, at::ScalarType dtype);
+
+// A copy of the tree with every tensor on `device` (for a replay on a GPU).
+Weights to_device(const Weights& w, const at::Device& device);
+
 }  // namespace qvl

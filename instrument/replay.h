@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "functional/config.h"
+#include "functional/model.h"
 #include "functional/text.h"
 #include "functional/weights.h"
 #include "instrument/metrics.h"
@@ -79,13 +80,6 @@ at::ScalarType replay_dtype(const Recording& rec);
 // The model inputs of a recording's top-level call (Qwen2_5_VLForConditionalGeneration, else
 // Qwen2_5_VLModel): input_ids, attention_mask, mm_token_type_ids, pixel values and grids.
 model::Inputs recorded_model_inputs(const Recording& rec);
-
-// A copy of the tree with every floating tensor cast to `dtype`: what from_pretrained(dtype=...) does to
-// a checkpoint, so a bf16 recording is replayed with the same bf16 weights HF used.
-Weights cast_floating(const Weights& w, at::ScalarType dtype);
-
-// A copy of the tree with every tensor on `device` (for a replay on a GPU).
-Weights to_device(const Weights& w, const at::Device& device);
 
 // `device`: where the call runs. Its recorded inputs are moved there (`root` must already be there: see
 // to_device) and its outputs come back to the host to be judged. With cfg.vision.fused / cfg.text.fused
