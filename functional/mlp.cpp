@@ -1,6 +1,7 @@
 #include "functional/mlp.h"
 
 #include "functional/norm.h"
+#include "functional/linear.h"
 
 namespace qvl {
 

@@ -1,4 +1,4 @@
-// RMSNorm and activations.
+// RMSNorm (Qwen2_5_VLRMSNorm). linear() and the activations are in functional/linear.h.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,14 +19,5 @@ namespace qvl {
 // Vision norms use eps 1e-6 (hard-coded in HF); text norms use config.rms_norm_eps.
 // fused: on a CUDA x, run the fused kernel (cuda::rms_norm; same maths, one pass) when it covers the dtypes.
 at::Tensor rms_norm(const Weights& w, const at::Tensor& x, double eps, Recorder* rec = nullptr, bool fused = false);
-
-// ACT2FN[name] for the activations Qwen2.5-VL configs use: "silu", "gelu" (exact erf),
-// "gelu_pytorch_tanh", "quick_gelu", "relu". Anything else is an error naming the activation.
-at::Tensor activation(const at::Tensor& x, const std::string& name);
-
-// nn.Linear: x @ weight^T + bias, with the weight shape checked against [out, in] when given.
-//   x [..., in] -> [..., out]; reads `weight` and, if `bias` is true, `bias` (a missing bias is an error).
-at::Tensor linear(const Weights& w, const at::Tensor& x, bool bias, int64_t out_features = -1,
-                  int64_t in_features = -1);
 
 }  // namespace qvl

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "functional/weights.h"
+#include "functional/linear.h"
 
 // MKL's CBLAS packed-GEMM entry points (LP64: MKL_INT is int; the enums are ints), as weak references: they
 // resolve to the definitions libtorch_cpu exports, or stay null where it exports none.

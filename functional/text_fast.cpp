@@ -18,6 +18,7 @@
 #include "functional/norm.h"
 #include "functional/packed_gemm.h"
 #include "functional/text.h"
+#include "functional/linear.h"
 
 namespace qvl::text {
 

@@ -7,6 +7,7 @@
 #include "functional/cuda/fused.h"
 #include "functional/mlp.h"
 #include "functional/norm.h"
+#include "functional/linear.h"
 
 namespace qvl::vision {
 
@@ -236,7 +237,7 @@ at::Tensor block(const Weights& w, const at::Tensor& x, const at::Tensor& cu, co
 TowerOutput transformer(const Weights& w, const at::Tensor& pixel_values, const at::Tensor& grid_thw,
                         const VisionConfig& c, Recorder* rec, const rope::VisionRope* vrope) {
   const std::string base = w.path();
-  auto fn_path = [&](const char* name) { return base.empty() ? std::string(name) : base + "." + name; };
+  auto fn_path = [&](const char* name) { return join_path(base, name); };
   RecordScope rs(rec, base, "Qwen2_5_VisionTransformerPretrainedModel", [&] {
     return Value::dict({{"arg0", Value::of(pixel_values)}, {"grid_thw", Value::of(grid_thw)}});
   });

@@ -10,6 +10,7 @@
 #include "functional/rope/block.h"
 #include "functional/rope/rope2d.h"
 #include "functional/rope/spiral.h"
+#include "functional/linear.h"
 
 namespace qvl::vit {
 namespace {
