@@ -17,6 +17,7 @@
 
 #include "bench/bench_timing.h"
 #include "converter/convert.h"
+#include "functional/model.h"
 #include "functional/packed_gemm.h"
 #include "functional/text.h"
 #include "instrument/h5io.h"

@@ -2,6 +2,7 @@
 
 #include <map>
 
+#include "functional/model.h"
 #include "functional/text.h"
 #include "functional/vision.h"
 

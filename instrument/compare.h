@@ -9,6 +9,7 @@
 
 #include "instrument/recording.h"
 #include "instrument/replay.h"
+#include "functional/model.h"
 
 namespace qvl {
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/support/test_support.h"
+#include "functional/model.h"
 
 namespace qvl::testing {
 namespace fs = std::filesystem;

@@ -3,6 +3,7 @@
 // first divergent module is in the first layer whose positions changed) and the decode policy.
 #include <gtest/gtest.h>
 
+#include "functional/model.h"
 #include "functional/norm.h"
 #include "functional/rope/circle.h"
 #include "functional/text.h"
@@ -10,6 +11,7 @@
 #include "instrument/rope_spec.h"
 #include "tests/golden/golden_support.h"
 #include "tests/support/test_support.h"
+#include "functional/linear.h"
 
 namespace qvl::testing {
 namespace {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "functional/config.h"
+#include "functional/model.h"
 #include "functional/text.h"
 
 namespace qvl::testing {

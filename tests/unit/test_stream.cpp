@@ -14,6 +14,7 @@
 #include "converter/convert.h"
 #include "converter/safetensors.h"
 #include "converter/shapes.h"
+#include "functional/model.h"
 #include "functional/text.h"
 #include "instrument/config_json.h"
 #include "instrument/recording.h"

@@ -20,6 +20,7 @@
 
 #include "converter/convert.h"
 #include "functional/mlp.h"
+#include "functional/model.h"
 #include "functional/norm.h"
 #include "functional/packed_gemm.h"
 #include "functional/text.h"
