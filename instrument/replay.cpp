@@ -5,9 +5,11 @@
 
 #include "functional/mlp.h"
 #include "instrument/config_json.h"
+#include "functional/model.h"
 #include "functional/norm.h"
 #include "functional/text.h"
 #include "functional/vision.h"
+#include "functional/linear.h"
 
 namespace qvl {
 
@@ -100,17 +102,36 @@ model::Inputs recorded_model_inputs(const Recording& rec) {
   throw std::runtime_error("'" + rec.path() + "': no Qwen2_5_VLForConditionalGeneration or Qwen2_5_VLModel call to take inputs from");
 }
 
-Registry Registry::defaults() {
-  Registry r;
+namespace {
+// The recorded (cos, sin) pair a vision or text attention call received as position_embeddings.
+vision::CosSin recorded_cos_sin(const RecordedCall& c) {
+  const Value& pe = c.input("position_embeddings");
+  return vision::CosSin{pe.at(0).as_tensor("cos"), pe.at(1).as_tensor("sin")};
+}
+
+// A keyword input that may be absent or None: an undefined tensor then.
+at::Tensor optional_input(const RecordedCall& c, const std::string& name) {
+  return c.inputs.has(name) && c.inputs.at(name).is_tensor() ? c.inputs.at(name).tensor : at::Tensor();
+}
+
+// Modules of both towers, and the plain layers (nn.Embedding, nn.Linear).
+void add_shared(Registry& r) {
   r.set("Qwen2_5_VLRMSNorm", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     const bool fused = is_vision_path(c.header.module_path) ? cfg.vision.fused : cfg.text.fused;
     return Value::of(rms_norm(w, c.input("hidden_states", 0).as_tensor("hidden_states"), norm_eps(c, cfg), nullptr, fused));
   });
+  r.set("Embedding", [](const RecordedCall& c, const Weights& w, const ModelConfig&) {
+    return Value::of(at::embedding(w.tensor("weight"), c.input("input", 0).as_tensor()));
+  });
+  r.set("Linear", [](const RecordedCall& c, const Weights& w, const ModelConfig&) {
+    return Value::of(linear(w, c.input("input", 0).as_tensor(), w.has("bias")));
+  });
+}
+
+// The vision tower: patch embed, rotary, windows, attention, blocks, merger, the tower.
+void add_vision(Registry& r) {
   r.set("Qwen2_5_VLMLP", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     return Value::of(vision::mlp(w, c.input("hidden_state", 0).as_tensor("hidden_state"), cfg.vision));
-  });
-  r.set("Qwen2MLP", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
-    return Value::of(text::mlp(w, c.input("x", 0).as_tensor("x"), cfg.text));
   });
   r.set("Qwen2_5_VisionPatchEmbed", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     return Value::of(vision::patch_embed(w, c.input("hidden_states", 0).as_tensor("hidden_states"), cfg.vision));
@@ -118,12 +139,6 @@ Registry Registry::defaults() {
   r.set("Qwen2_5_VLPatchMerger", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     return Value::of(vision::patch_merger(w, c.input("x", 0).as_tensor("x"), cfg.vision));
   });
-
-  // --- vision tower (issue 3) ---
-  auto cos_sin = [](const RecordedCall& c) {
-    const Value& pe = c.input("position_embeddings");
-    return vision::CosSin{pe.at(0).as_tensor("cos"), pe.at(1).as_tensor("sin")};
-  };
   r.set("get_vision_position_ids", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
     return Value::of(vision::position_ids(c.input("grid_thw", 0).as_tensor(), cfg.vision.spatial_merge_size));
   });
@@ -146,24 +161,27 @@ Registry Registry::defaults() {
                                                       cfg.vision.fused);
     return Value::tuple({Value::of(q), Value::of(k)});
   });
-  r.set("Qwen2_5_VLVisionAttention", [cos_sin](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+  r.set("Qwen2_5_VLVisionAttention", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     return Value::of(vision::attention(w, c.input("hidden_states", 0).as_tensor(), c.input("cu_seqlens", 1).as_tensor(),
-                                       cos_sin(c), cfg.vision));
+                                       recorded_cos_sin(c), cfg.vision));
   });
-  r.set("Qwen2_5_VLVisionBlock", [cos_sin](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+  r.set("Qwen2_5_VLVisionBlock", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     return Value::of(vision::block(w, c.input("hidden_states", 0).as_tensor(), c.input("cu_seqlens", 1).as_tensor(),
-                                   cos_sin(c), cfg.vision));
+                                   recorded_cos_sin(c), cfg.vision));
   });
   r.set("Qwen2_5_VisionTransformerPretrainedModel", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     auto out = vision::transformer(w, c.input("hidden_states", 0).as_tensor(), c.input("grid_thw", 1).as_tensor(), cfg.vision);
     return Value::dict({{"last_hidden_state", Value::of(out.last_hidden_state)},
                         {"pooler_output", Value::of(out.pooler_output)}});
   });
+}
 
-  // --- text decoder and the full model (issue 4) ---
-  auto opt = [](const RecordedCall& c, const std::string& name) {
-    return c.inputs.has(name) && c.inputs.at(name).is_tensor() ? c.inputs.at(name).tensor : at::Tensor();
-  };
+// The text decoder and the full model: MLP, rotary, attention and decoder layer (each with its recorded KV
+// cache in a decode step), the text model, get_rope_index, the model and the top level.
+void add_text(Registry& r) {
+  r.set("Qwen2MLP", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    return Value::of(text::mlp(w, c.input("x", 0).as_tensor("x"), cfg.text));
+  });
   r.set("Qwen2_5_VLRotaryEmbedding", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
     auto cs = text::rotary(c.input("position_ids", 1).as_tensor(), c.input("x", 0).as_tensor().scalar_type(), cfg.text);
     return Value::tuple({Value::of(cs.cos), Value::of(cs.sin)});
@@ -175,65 +193,66 @@ Registry Registry::defaults() {
     return Value::tuple({Value::of(q), Value::of(k)});
   });
   // A decode step's call carries the cache as it was before the call; the cache is appended to as in HF.
-  r.set("Qwen2_5_VLAttention", [cos_sin, opt](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+  r.set("Qwen2_5_VLAttention", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     text::KVCache cache;
     const bool cached = recorded_cache(c, cache);
-    auto o = text::attention(w, c.input("hidden_states", 0).as_tensor(), opt(c, "attention_mask"), cos_sin(c), cfg.text,
+    auto o = text::attention(w, c.input("hidden_states", 0).as_tensor(), optional_input(c, "attention_mask"), recorded_cos_sin(c), cfg.text,
                              nullptr, cached ? &cache : nullptr, cached ? layer_index(c) : 0);
     return Value::tuple({Value::of(o.out), Value::of(o.weights)});
   });
-  r.set("Qwen2_5_VLDecoderLayer", [cos_sin, opt](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+  r.set("Qwen2_5_VLDecoderLayer", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     text::KVCache cache;
     const bool cached = recorded_cache(c, cache);
-    return Value::of(text::decoder_layer(w, c.input("hidden_states", 0).as_tensor(), opt(c, "attention_mask"),
-                                         cos_sin(c), cfg.text, nullptr, cached ? &cache : nullptr,
+    return Value::of(text::decoder_layer(w, c.input("hidden_states", 0).as_tensor(), optional_input(c, "attention_mask"),
+                                         recorded_cos_sin(c), cfg.text, nullptr, cached ? &cache : nullptr,
                                          cached ? layer_index(c) : 0));
   });
-  r.set("Qwen2_5_VLTextModel", [opt](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
-    at::Tensor embeds = opt(c, "inputs_embeds");
+  r.set("Qwen2_5_VLTextModel", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+    at::Tensor embeds = optional_input(c, "inputs_embeds");
     if (!embeds.defined()) embeds = at::embedding(w.tensor("embed_tokens.weight"), c.input("input_ids", 0).as_tensor());
     // generate passes [4, B, T]: row 0 (text positions) only shapes packed-sequence masks in HF
-    at::Tensor pos = opt(c, "position_ids");
+    at::Tensor pos = optional_input(c, "position_ids");
     if (pos.defined() && pos.dim() == 3 && pos.size(0) == 4) pos = pos.slice(0, 1);
     text::KVCache cache;
     const bool cached = recorded_cache(c, cache);
-    at::Tensor h = text::text_model(w, embeds, opt(c, "attention_mask"), pos, cfg.text, nullptr, cached ? &cache : nullptr);
+    at::Tensor h = text::text_model(w, embeds, optional_input(c, "attention_mask"), pos, cfg.text, nullptr, cached ? &cache : nullptr);
     std::vector<std::pair<std::string, Value>> out{{"last_hidden_state", Value::of(h)}};
     add_cache(out, cached ? &cache : nullptr, cfg);
     return Value::dict(std::move(out));
   });
-  r.set("get_rope_index", [opt](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
+  r.set("get_rope_index", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
     auto ri = model::get_rope_index(c.input("input_ids", 0).as_tensor(), c.input("mm_token_type_ids", 1).as_tensor(),
-                                    opt(c, "image_grid_thw"), opt(c, "video_grid_thw"), opt(c, "second_per_grid_ts"),
-                                    opt(c, "attention_mask"), cfg);
+                                    optional_input(c, "image_grid_thw"), optional_input(c, "video_grid_thw"), optional_input(c, "second_per_grid_ts"),
+                                    optional_input(c, "attention_mask"), cfg);
     return Value::tuple({Value::of(ri.position_ids), Value::of(ri.deltas)});
   });
-  r.set("Embedding", [](const RecordedCall& c, const Weights& w, const ModelConfig&) {
-    return Value::of(at::embedding(w.tensor("weight"), c.input("input", 0).as_tensor()));
-  });
-  r.set("Linear", [](const RecordedCall& c, const Weights& w, const ModelConfig&) {
-    return Value::of(linear(w, c.input("input", 0).as_tensor(), w.has("bias")));
-  });
-  auto inputs_of = [](const RecordedCall& c) { return inputs_of_call(c); };
-  r.set("Qwen2_5_VLModel", [inputs_of](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+  r.set("Qwen2_5_VLModel", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     text::KVCache cache;
     const bool cached = recorded_cache(c, cache);
-    auto o = model::forward(w, inputs_of(c), cfg, nullptr, cached ? &cache : nullptr);
+    auto o = model::forward(w, inputs_of_call(c), cfg, nullptr, cached ? &cache : nullptr);
     std::vector<std::pair<std::string, Value>> out{{"last_hidden_state", Value::of(o.last_hidden_state)}};
     add_cache(out, cached ? &cache : nullptr, cfg);
     out.emplace_back("rope_deltas", o.rope_deltas.defined() ? Value::of(o.rope_deltas) : Value::none());
     return Value::dict(std::move(out));
   });
-  r.set("Qwen2_5_VLForConditionalGeneration", [inputs_of](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
+  r.set("Qwen2_5_VLForConditionalGeneration", [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     text::KVCache cache;
     const bool cached = recorded_cache(c, cache);
     const int64_t keep = c.inputs.has("logits_to_keep") ? c.inputs.at("logits_to_keep").as_int("logits_to_keep") : 0;
-    auto o = model::lm_forward(w, inputs_of(c), cfg, nullptr, cached ? &cache : nullptr, keep);
+    auto o = model::lm_forward(w, inputs_of_call(c), cfg, nullptr, cached ? &cache : nullptr, keep);
     std::vector<std::pair<std::string, Value>> out{{"logits", Value::of(o.logits)}};
     add_cache(out, cached ? &cache : nullptr, cfg);
     out.emplace_back("rope_deltas", o.rope_deltas.defined() ? Value::of(o.rope_deltas) : Value::none());
     return Value::dict(std::move(out));
   });
+}
+}  // namespace
+
+Registry Registry::defaults() {
+  Registry r;
+  add_shared(r);
+  add_vision(r);
+  add_text(r);
   return r;
 }
 
@@ -297,8 +316,8 @@ std::vector<TensorCheck> judge_outputs(const Value& ours, const Value& ref, cons
 }
 
 at::ScalarType replay_dtype(const Recording& rec) {
-  const std::string dtype = rec.attr("dtype");
-  return dtype == "bfloat16" ? at::kBFloat16 : dtype == "float16" ? at::kHalf : at::kFloat;
+  const auto t = dtype_from_name(rec.attr("dtype"));
+  return t && (*t == at::kBFloat16 || *t == at::kHalf) ? *t : at::kFloat;
 }
 
 ReplayModel replay_model(Weights weights, const ModelConfig& weights_config, const Recording& rec) {
@@ -313,18 +332,6 @@ ReplayModel replay_model(Weights weights, const ModelConfig& weights_config, con
   }
   m.weights = m.cast ? cast_floating(weights, want) : std::move(weights);
   return m;
-}
-
-Weights cast_floating(const Weights& w, at::ScalarType dtype) {
-  Weights out;
-  for (const auto& [k, t] : w.flatten()) out.set(k, t.is_floating_point() ? t.to(dtype) : t);
-  return out;
-}
-
-Weights to_device(const Weights& w, const at::Device& device) {
-  Weights out;
-  for (const auto& [k, t] : w.flatten()) out.set(k, t.to(device));
-  return out;
 }
 
 namespace {
