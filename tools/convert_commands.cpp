@@ -1,4 +1,4 @@
-#include "converter/commands.h"
+#include "tools/convert_commands.h"
 
 #include <signal.h>
 #include <unistd.h>
@@ -36,12 +36,6 @@ std::string human_bytes(double b) {
     std::snprintf(buf, sizeof buf, "%.0f B", b);
   return buf;
 }
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 // SIGINT / SIGTERM during a conversion: stop after the current tensor (the temporary is then removed).
 volatile std::sig_atomic_t g_signal = 0;
 void on_signal(int sig) {
@@ -210,14 +204,14 @@ void print_safetensors(const SafetensorsFile& f, std::FILE* out, const std::stri
     std::fprintf(out, "%s  __metadata__ %s = %s\n", indent.c_str(), k.c_str(), v.c_str());
   for (const auto& e : f.entries())
     std::fprintf(out, "%s  %-64s %-8s %-24s %14llu bytes\n", indent.c_str(), e.name.c_str(), e.dtype.c_str(),
-                 shape_text(e.shape).c_str(), static_cast<unsigned long long>(e.end - e.begin));
+                 shape_str(e.shape).c_str(), static_cast<unsigned long long>(e.end - e.begin));
 }
 
 void print_tensor_rows(const std::vector<StoredTensor>& ts, size_t strip, std::FILE* out,
                        const std::string& indent) {
   for (const auto& t : ts)
     std::fprintf(out, "%s%-64s %-14s %-24s %14llu bytes\n", indent.c_str(), t.path.substr(strip).c_str(),
-                 t.dtype.c_str(), shape_text(t.shape).c_str(), static_cast<unsigned long long>(t.nbytes));
+                 t.dtype.c_str(), shape_str(t.shape).c_str(), static_cast<unsigned long long>(t.nbytes));
 }
 
 // The root attribute `checksums` in words (instrument/h5io.h, "Integrity").

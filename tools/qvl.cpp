@@ -1,11 +1,18 @@
-// qvl — the command-line tool.
+// qvl — the command-line tool. Every command takes --help.
 //   qvl check   [WEIGHTS] [RECORDING]   replay every recorded call that has a function; one row per call
-//                                       (--device cuda: on the GPU, with the fused kernels)
+//                                       (--stream: one module's weights at a time; --device cuda; --html)
+//   qvl run     REF.h5 -o OURS.h5       the chained full-model run, recorded from C++ (--stream, --scale-weight)
+//   qvl run-vision REF.h5 -o OURS.h5    the chained vision tower alone
+//   qvl compare REF.h5 OURS.h5          call by call; the first divergent module (--html)
+//   qvl generate --weights W --inputs REC.h5   greedy generation with a KV cache (--fast, -n)
 //   qvl convert HF_DIR OUT.h5           Hugging Face checkpoint -> nested qvl.weights HDF5 (--dtype, --gzip)
 //   qvl convert --to-safetensors IN.h5 OUT_DIR   and back (sharded, index.json, hub key layout)
 //   qvl inspect PATH                    list a weights file, a recording, a safetensors file or a checkpoint
+//   qvl import module_io_data DIR -o REC.h5   the conversion framework's recordings -> qvl.recording
+//   qvl rope-check PATH...              the RoPE variants against the official code's golden files
 //   qvl vit train|eval|sweep            ViT position-encoding experiments (vit/commands.h)
-//   (convert and inspect live in converter/commands.h)
+// check, run, run-vision and generate take --rope / --rope-vision (RopeOptions). convert and inspect live in
+// tools/convert_commands.h.
 // Errors print one line naming the file, key, expected and actual value, and exit non-zero.
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -17,10 +24,11 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "converter/commands.h"
+#include "tools/convert_commands.h"
 #include "converter/convert.h"
 #include "converter/import_module_io.h"
 #include "converter/safetensors.h"
+#include "functional/model.h"
 #include "functional/packed_gemm.h"
 #include "functional/cuda/fused.h"
 #include "functional/vision.h"
@@ -49,15 +57,28 @@ const std::string kDefaultRecording = std::string(QVL_SOURCE_DIR) + "/recordings
 std::string trunc(const std::string& s, size_t n) { return s.size() <= n ? s : "..." + s.substr(s.size() - n + 3); }
 
 // --- --rope: the RoPE plug-in (functional/rope), same options on check, run and generate ---------------
-std::string g_text_rope = "mrope", g_vision_rope = "qwen";
-void apply_rope(ModelConfig& cfg) {
-  cfg.text_rope = parse_text_rope(g_text_rope);
-  if (cfg.text_rope.kind != rope::TextRope::Kind::MRope) std::fprintf(stderr, "rope (text): %s\n", g_text_rope.c_str());
-  if (g_vision_rope != "qwen") {
-    cfg.vision_rope = std::make_shared<const rope::VisionRope>(rope::parse_vision_rope(g_vision_rope));
-    std::fprintf(stderr, "rope (vision): %s\n", cfg.vision_rope->name.c_str());
+struct RopeOptions {
+  std::string text = "mrope", vision = "qwen";
+
+  void add_to(CLI::App* cmd) {
+    cmd->add_option("--rope", text,
+                    "Text RoPE: mrope (default), circle (released Circle-RoPE config, AGE strategy_4), circle:{JSON} "
+                    "(a circle_rope block; README)")
+        ->capture_default_str();
+    cmd->add_option("--rope-vision", vision,
+                    "Vision 2-D rotary: qwen (default), axial[:theta=100], mixed[:theta=10,seed=0], "
+                    "spiral[:rotate=2,mode=exact|clamp,...], block2[:theta=100] (README)")
+        ->capture_default_str();
   }
-}
+  void apply(ModelConfig& cfg) const {
+    cfg.text_rope = parse_text_rope(text);
+    if (cfg.text_rope.kind != rope::TextRope::Kind::MRope) std::fprintf(stderr, "rope (text): %s\n", text.c_str());
+    if (vision != "qwen") {
+      cfg.vision_rope = std::make_shared<const rope::VisionRope>(rope::parse_vision_rope(vision));
+      std::fprintf(stderr, "rope (vision): %s\n", cfg.vision_rope->name.c_str());
+    }
+  }
+};
 
 // --- check: which modules a recording holds (a recording made with record --modules holds a selection) ---
 // "3,4,5,7" -> "3-5,7"
@@ -119,7 +140,7 @@ std::string join_list(const std::vector<std::string>& v) {
 
 // --- check -----------------------------------------------------------------------------------------
 int cmd_check(const std::string& weights_path, const std::string& recording_path, bool verbose,
-              const std::vector<std::string>& only, const std::string& device, bool stream,
+              const std::vector<std::string>& only, const std::string& device, bool stream, const RopeOptions& rope,
               const std::string& html = "") {
   // --device cuda: every call runs on the GPU with the fused kernels (functional/cuda), judged as on the CPU.
   const bool on_gpu = device == "cuda";
@@ -130,7 +151,7 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
   // What transformers ran with (overrides included), weights cast as from_pretrained(dtype=...) did; with
   // --stream a lazy tree: each call loads (and casts) only its module's weights and frees them afterwards.
   ReplayModel rm = load_replay_model(weights_path, rec, stream);
-  apply_rope(rm.config);
+  rope.apply(rm.config);
   const Weights root = on_gpu ? to_device(rm.weights, dev) : rm.weights;
   ModelConfig cfg = rm.config;
   cfg.vision.fused = cfg.text.fused = on_gpu;
@@ -278,12 +299,12 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
 
 // --- run-vision: the chained run of the functional vision tower, recorded from C++ ----------------------
 int cmd_run(bool vision_only, const std::string& weights_path, const std::string& ref_path, const std::string& out_path,
-            const std::vector<std::string>& scales, bool stream) {
+            const std::vector<std::string>& scales, bool stream, const RopeOptions& rope) {
   Recording ref = Recording::open(ref_path);
   // --stream: a lazy tree; the chain loads layer i, runs it and frees it (functional/weights.h, lazy trees).
   ReplayModel rm = load_replay_model(weights_path, ref, stream);
   if (stream) std::printf("  streamed:  one decoder layer / vision block in memory at a time\n");
-  apply_rope(rm.config);
+  rope.apply(rm.config);
   Weights& root = rm.weights;
   const ModelConfig& cfg = rm.config;
   // Researcher knob: scale one weight tensor to see where and how a change propagates.
@@ -390,11 +411,11 @@ int cmd_compare(const std::string& ref_path, const std::string& ours_path, bool 
 
 // --- generate: greedy decoding with a KV cache, tokens printed as they come ---------------------------------
 int cmd_generate(const std::string& weights_path, const std::string& inputs_path, int64_t max_new, std::vector<int64_t> eos,
-                 bool fast) {
+                 bool fast, const RopeOptions& rope) {
   ModelConfig wcfg;
   Recording rec = Recording::open(inputs_path);
   ReplayModel rm = replay_model(load_weights_any(weights_path, &wcfg), wcfg, rec);
-  apply_rope(rm.config);
+  rope.apply(rm.config);
   if (fast) {
     // The CPU fast path of the text decoder (TextConfig::fast): fused projections; for float32 also SDPA, and
     // MKL's packed GEMMs where this LibTorch has them. Same maths as the plain path; tokens may differ only where two
@@ -458,7 +479,7 @@ int cmd_generate(const std::string& weights_path, const std::string& inputs_path
       // A changed rope is not transformers' model: the comparison is information only.
       std::printf("transformers generate (stock rotary) recorded %zu x %lld tokens: %s%s (information only: --rope %s, --rope-vision %s)\n",
                   want.size(), static_cast<long long>(recorded), same ? "identical" : "different", scope.c_str(),
-                  g_text_rope.c_str(), g_vision_rope.c_str());
+                  rope.text.c_str(), rope.vision.c_str());
       return 0;
     }
     std::printf("transformers generate recorded %zu x %lld tokens: %s%s\n", want.size(), static_cast<long long>(recorded),
@@ -482,10 +503,8 @@ int main(int argc, char** argv) {
   check->add_option("recording", recording, "qvl.recording .h5 file")->capture_default_str();
   check->add_flag("-v,--verbose", verbose, "One line per output tensor");
   check->add_option("--only", only, "Check only these module classes / function names");
-  const char* rope_help = "Text RoPE: mrope (default), circle (released Circle-RoPE config, AGE strategy_4), circle:{JSON} (a circle_rope block; README)";
-  check->add_option("--rope", g_text_rope, rope_help)->capture_default_str();
-  const char* vrope_help = "Vision 2-D rotary: qwen (default), axial[:theta=100], mixed[:theta=10,seed=0], spiral[:rotate=2,mode=exact|clamp,...], block2[:theta=100] (README)";
-  check->add_option("--rope-vision", g_vision_rope, vrope_help)->capture_default_str();
+  RopeOptions rope;  // --rope / --rope-vision on check, run-vision, run and generate (one is parsed)
+  rope.add_to(check);
   std::string check_device = "cpu";
   check->add_option("--device", check_device, "cpu, or cuda: run every call on the GPU with the fused kernels")
       ->check(CLI::IsMember({"cpu", "cuda"}))
@@ -523,8 +542,7 @@ int main(int argc, char** argv) {
     cmd->add_option("--weights", run_weights, "qvl.weights .h5 or HF checkpoint directory")->capture_default_str();
     cmd->add_option("-o,--out", run_out, "Output recording (qvl.recording schema)")->required();
     cmd->add_option("--scale-weight", scales, "PATH=FACTOR: scale one weight tensor (see where a change diverges)");
-    cmd->add_option("--rope", g_text_rope, rope_help)->capture_default_str();
-    cmd->add_option("--rope-vision", g_vision_rope, vrope_help)->capture_default_str();
+    rope.add_to(cmd);
     cmd->add_flag("--stream", run_stream, "Layer by layer: load a decoder layer / vision block, run it, free it");
     return cmd;
   };
@@ -546,8 +564,7 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--weights", gen_weights, "qvl.weights .h5 or HF checkpoint directory")->capture_default_str();
   gen_cmd->add_option("--inputs", gen_inputs, "Recording whose top-level call gives input_ids, pixel values and grids")->capture_default_str();
   gen_cmd->add_option("-n,--max-new-tokens", gen_max, "Tokens to generate")->capture_default_str();
-  gen_cmd->add_option("--rope", g_text_rope, rope_help)->capture_default_str();
-  gen_cmd->add_option("--rope-vision", g_vision_rope, vrope_help)->capture_default_str();
+  rope.add_to(gen_cmd);
   gen_cmd->add_option("--eos", gen_eos, "End-of-sequence ids (default: those transformers used when recording)");
   bool gen_fast = false;
   gen_cmd->add_flag("--fast", gen_fast,
@@ -581,7 +598,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   const std::string name = app.get_subcommands().front()->get_name();
   try {
-    if (check->parsed()) return cmd_check(weights, recording, verbose, only, check_device, check_stream, check_html);
+    if (check->parsed()) return cmd_check(weights, recording, verbose, only, check_device, check_stream, rope, check_html);
     if (convert->parsed()) {
       conv.progress = !conv_no_progress;
       conv.fsync = !conv_no_fsync;
@@ -598,11 +615,11 @@ int main(int argc, char** argv) {
       std::printf("ATen CPU kernels: %s (ATEN_CPU_CAPABILITY; the golden producer's)\n", std::getenv("ATEN_CPU_CAPABILITY"));
       return cmd_rope_check(rope_paths, verbose);
     }
-    if (run_vision->parsed()) return cmd_run(true, run_weights, ref_path, run_out, scales, run_stream);
-    if (run_model->parsed()) return cmd_run(false, run_weights, ref_path, run_out, scales, run_stream);
+    if (run_vision->parsed()) return cmd_run(true, run_weights, ref_path, run_out, scales, run_stream, rope);
+    if (run_model->parsed()) return cmd_run(false, run_weights, ref_path, run_out, scales, run_stream, rope);
     if (compare_cmd->parsed()) return cmd_compare(ref_path, ours_path, compare_all, compare_html);
     if (import_cmd->parsed()) return run_import_module_io(imp);
-    if (gen_cmd->parsed()) return cmd_generate(gen_weights, gen_inputs, gen_max, gen_eos, gen_fast);
+    if (gen_cmd->parsed()) return cmd_generate(gen_weights, gen_inputs, gen_max, gen_eos, gen_fast, rope);
     if (vit_cmd->parsed()) return vit::run_vit();
   } catch (const c10::Error& e) {
     std::fflush(stdout);
