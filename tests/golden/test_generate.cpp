@@ -5,6 +5,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "functional/model.h"
 #include "functional/text.h"
 #include "instrument/compare.h"
 #include "tests/golden/golden_support.h"
@@ -95,7 +96,7 @@ TEST(Generate, StepInputsEqualTransformersGenerate) {
   std::printf("%d recordings, %d generate steps, inputs equal\n", recordings, steps);
 }
 
-TEST(PlantedBug, DecodeStepIgnoringRopeDeltasDiverges) {
+TEST(PlantedBugDecode, DecodeStepIgnoringRopeDeltasDiverges) {
   const std::string path = data_path("recordings/tiny_fp32.h5");
   QVL_REQUIRE_FILE(path);
   // Control: the correct positions (previous + 1) reproduce all 64 tokens.
@@ -110,7 +111,7 @@ TEST(PlantedBug, DecodeStepIgnoringRopeDeltasDiverges) {
   std::printf("ignoring rope_deltas: first differing token at step %d of 64\n", diff);
 }
 
-TEST(PlantedBug, IgnoredPaddingMaskFails) {
+TEST(PlantedBugDecode, IgnoredPaddingMaskFails) {
   const std::string path = generated_recordings_dir() + "/tiny_padded_batch_fp32.h5";
   QVL_REQUIRE_FILE(path);
   // The text model run without the 2-D padding mask (causal only): the left-padded row attends to padding,
@@ -134,7 +135,7 @@ std::string recorded_generate_file() { return generated_recordings_dir() + "/tin
 
 // Isolated replay of the decode steps: attention that ignores the recorded KV cache (attends to the new
 // token only) fails every cached call after the prefill.
-TEST(PlantedBug, DecodeAttentionIgnoringTheCacheFails) {
+TEST(PlantedBugDecode, DecodeAttentionIgnoringTheCacheFails) {
   const std::string path = recorded_generate_file();
   QVL_REQUIRE_FILE(path);
   Recording rec = Recording::open(path);
@@ -161,7 +162,7 @@ TEST(PlantedBug, DecodeAttentionIgnoringTheCacheFails) {
 
 // Chained generate: a decode loop that ignores rope_deltas (positions = the absolute token index) first
 // diverges at the text rotary of decode step 1; the whole prefill before it still matches.
-TEST(ChainedRun, DecodeWithoutRopeDeltasFirstDivergesAtStepOneRotary) {
+TEST(ChainedDecode, DecodeWithoutRopeDeltasFirstDivergesAtStepOneRotary) {
   const std::string path = recorded_generate_file();
   QVL_REQUIRE_FILE(path);
   Recording ref = Recording::open(path);

@@ -14,7 +14,7 @@ const std::string kFp32 = data_path("recordings/tiny_fp32.h5");
 const std::string kBf16 = data_path("recordings/tiny_bf16.h5");
 
 
-TEST(PlantedBug, MergerWithoutBiasesFails) {
+TEST(PlantedBugModules, MergerWithoutBiasesFails) {
   QVL_REQUIRE_FILE(kFp32);
   // The tt-metal functional merger called F.linear without mlp.0.bias and mlp.2.bias.
   auto bug = [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
@@ -26,7 +26,7 @@ TEST(PlantedBug, MergerWithoutBiasesFails) {
   expect_all_fail(kFp32, "Qwen2_5_VLPatchMerger", bug);
 }
 
-TEST(PlantedBug, RmsNormWithOnePlusWeightFails) {
+TEST(PlantedBugModules, RmsNormWithOnePlusWeightFails) {
   QVL_REQUIRE_FILE(kFp32);
   // Gemma-style (1 + weight) scaling carried over from another port.
   auto bug = [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
@@ -38,7 +38,7 @@ TEST(PlantedBug, RmsNormWithOnePlusWeightFails) {
   expect_all_fail(kFp32, "Qwen2_5_VLRMSNorm", bug);
 }
 
-TEST(PlantedBug, RmsNormWithWrongEpsIsCaughtByTheConfigCrossCheck) {
+TEST(PlantedBugModules, RmsNormWithWrongEpsIsCaughtByTheConfigCrossCheck) {
   QVL_REQUIRE_FILE(kFp32);
   // Text norms with HF's class default eps 1e-5 instead of the config's 1e-6: the values differ by far
   // less than float32 rounding at these activations, so the value check alone cannot see it; the recorded
@@ -59,7 +59,7 @@ TEST(PlantedBug, RmsNormWithWrongEpsIsCaughtByTheConfigCrossCheck) {
   EXPECT_EQ(errors, text_norms);
 }
 
-TEST(PlantedBug, VisionMlpWithoutBiasFails) {
+TEST(PlantedBugModules, VisionMlpWithoutBiasFails) {
   QVL_REQUIRE_FILE(kFp32);
   auto bug = [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     return Value::of(gated_mlp(w, c.input("hidden_state", 0).as_tensor(), cfg.vision.intermediate_size,
@@ -68,7 +68,7 @@ TEST(PlantedBug, VisionMlpWithoutBiasFails) {
   expect_all_fail(kFp32, "Qwen2_5_VLMLP", bug);
 }
 
-TEST(PlantedBug, TextMlpWithWrongActivationFails) {
+TEST(PlantedBugModules, TextMlpWithWrongActivationFails) {
   QVL_REQUIRE_FILE(kFp32);
   auto bug = [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     return Value::of(gated_mlp(w, c.input("x", 0).as_tensor(), cfg.text.intermediate_size, "gelu", false));
@@ -76,7 +76,7 @@ TEST(PlantedBug, TextMlpWithWrongActivationFails) {
   expect_all_fail(kFp32, "Qwen2MLP", bug);
 }
 
-TEST(PlantedBug, PatchEmbedWithPatchColumnsInWrongOrderFails) {
+TEST(PlantedBugModules, PatchEmbedWithPatchColumnsInWrongOrderFails) {
   QVL_REQUIRE_FILE(kFp32);
   // Reading the 1176 features as (t, c, py, px) instead of the processor's (c, t, py, px).
   auto bug = [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <functional>
 
+#include "functional/model.h"
 #include "functional/norm.h"
 #include "functional/text.h"
 #include "functional/vision.h"
@@ -121,7 +122,7 @@ ReplayFn rope_index_with(std::function<void(ModelConfig&)> mutate, bool ignore_s
   };
 }
 
-TEST(PlantedBug, SecondPerGridTsIgnoredInGetRopeIndexIsCaughtByOtherFrameRates) {
+TEST(PlantedBugConfig, SecondPerGridTsIgnoredInGetRopeIndexIsCaughtByOtherFrameRates) {
   // The hidden mutation of issue 14: the frame interval taken as tokens_per_second x 1. At fps 2
   // (second_per_grid_ts 1.0, the only frame rate recorded before) that is right.
   expect_caught("get_rope_index ignores second_per_grid_ts (interval = tokens_per_second x 1)", "get_rope_index",
@@ -130,14 +131,14 @@ TEST(PlantedBug, SecondPerGridTsIgnoredInGetRopeIndexIsCaughtByOtherFrameRates) 
                 {kTinyFp32, generated("tiny_video_fp32"), generated("tiny_image_video_fp32")});
 }
 
-TEST(PlantedBug, TokensPerSecondHardCodedIsCaught) {
+TEST(PlantedBugConfig, TokensPerSecondHardCodedIsCaught) {
   expect_caught("get_rope_index with tokens_per_second hard-coded to 2", "get_rope_index",
                 rope_index_with([](ModelConfig& c) { c.vision.tokens_per_second = 2; }, false),
                 {generated("tiny_variant_text_fp32")},
                 {kTinyFp32, generated("tiny_video_fp32"), generated("tiny_video_fps1_fp32")});
 }
 
-TEST(PlantedBug, TextRopeThetaHardCodedIsCaught) {
+TEST(PlantedBugConfig, TextRopeThetaHardCodedIsCaught) {
   auto bug = [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
     TextConfig t = cfg.text;
     t.rope_theta = 1e6;  // the bug: every Qwen2.5-VL checkpoint uses 1e6
@@ -148,7 +149,7 @@ TEST(PlantedBug, TextRopeThetaHardCodedIsCaught) {
                 {generated("tiny_variant_text_fp32")}, {kTinyFp32, generated("tiny_video_fp32")});
 }
 
-TEST(PlantedBug, TextRmsNormEpsHardCodedIsCaught) {
+TEST(PlantedBugConfig, TextRmsNormEpsHardCodedIsCaught) {
   // Hard-coded in the function, so the recorded-eps cross-check of the replay (Registry::defaults) is not
   // involved: the values alone must show it. eps 1e-3 moves the output by ~1e-3 of its scale.
   auto bug = [](const RecordedCall& c, const Weights& w, const ModelConfig&) {
@@ -158,7 +159,7 @@ TEST(PlantedBug, TextRmsNormEpsHardCodedIsCaught) {
                 {generated("tiny_variant_text_fp32")}, {kTinyFp32, generated("tiny_video_fp32")}, text_call);
 }
 
-TEST(PlantedBug, FullAttentionBlocksHardCodedIsCaught) {
+TEST(PlantedBugConfig, FullAttentionBlocksHardCodedIsCaught) {
   // Full attention on blocks 1, 3, 5, ... whatever fullatt_block_indexes says: right for the tiny model
   // ([1, 3]) and the real-size vision scenario ([1] of 2 blocks).
   auto bug = [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
@@ -173,7 +174,7 @@ TEST(PlantedBug, FullAttentionBlocksHardCodedIsCaught) {
                 bug, {generated("tiny_variant_text_fp32")}, {kTinyFp32, generated("tiny_video_fp32")});
 }
 
-TEST(PlantedBug, SpatialMergeSizeHardCodedIsCaught) {
+TEST(PlantedBugConfig, SpatialMergeSizeHardCodedIsCaught) {
   // Merge blocks of 2x2 patches whatever spatial_merge_size says: the patch order of the rotary table and
   // the window grouping. The merge-3 grids are multiples of 2 and 3 patches, so these are wrong values
   // (and a wrong window count), not errors.
@@ -193,7 +194,7 @@ TEST(PlantedBug, SpatialMergeSizeHardCodedIsCaught) {
                 catchers, hidden);
 }
 
-TEST(PlantedBug, GqaRatioAssumedIsCaught) {
+TEST(PlantedBugConfig, GqaRatioAssumedIsCaught) {
   // Query head h reads KV head h / 2, the mapping of a 2:1 grouping, whatever the head counts say.
   auto bug = [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
     at::Tensor x = c.input("hidden_states", 0).as_tensor();

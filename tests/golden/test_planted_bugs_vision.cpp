@@ -39,7 +39,7 @@ vision::WindowIndex window_index_padded_off_by_one(const at::Tensor& grid_thw, i
   return {at::cat(parts), std::get<0>(at::unique_consecutive(at::tensor(cu, at::kLong).to(at::kInt)))};
 }
 
-TEST(PlantedBug, WindowsPaddedOffByOneFail) {
+TEST(PlantedBugVision, WindowsPaddedOffByOneFail) {
   QVL_REQUIRE_FILE(kFp32);
   auto bug = [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
     auto wi = window_index_padded_off_by_one(c.input("grid_thw", 0).as_tensor(), cfg.vision.spatial_merge_size,
@@ -49,7 +49,7 @@ TEST(PlantedBug, WindowsPaddedOffByOneFail) {
   expect_all_fail(kFp32, "get_vision_window_index", bug);
 }
 
-TEST(PlantedBug, FullAttentionBlockRunAsWindowedFails) {
+TEST(PlantedBugVision, FullAttentionBlockRunAsWindowedFails) {
   QVL_REQUIRE_FILE(kFp32);
   // cosmos-rl#171: `layer_num in fullatt_block_indexes` never matched, so every block ran windowed.
   auto bug = [](const RecordedCall& c, const Weights& w, const ModelConfig& cfg) {
@@ -66,7 +66,7 @@ TEST(PlantedBug, FullAttentionBlockRunAsWindowedFails) {
 // A numerically subtle bug: caught where its error exceeds 2x HF's own bf16 error. Measured on
 // tiny_bf16.h5: FAIL on blocks 1-3; block 0 comes in at 1.49x RMSE / 1.76x max|err|, inside the rule.
 // The harness flags the module, which is what a user bisecting a bf16 port needs.
-TEST(PlantedBug, VisionCosSinCastToBf16BeforeTheMultiplyIsFlagged) {
+TEST(PlantedBugVision, VisionCosSinCastToBf16BeforeTheMultiplyIsFlagged) {
   QVL_REQUIRE_FILE(kBf16);
   // xLLM-style: cos/sin cast to the activation dtype and the rotation done in bf16, instead of HF's
   // float32 upcast of q, k, cos and sin.

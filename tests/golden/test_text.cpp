@@ -12,7 +12,7 @@ const std::string kFp32 = data_path("recordings/tiny_fp32.h5");
 
 // Text-only input reduces M-RoPE to 1-D RoPE, so recordings must hold vision tokens whose (t, h, w)
 // positions differ from each other: checked on the recorded get_rope_index outputs (images and video).
-TEST(MRope, VisionTokensHavePositionsThatDifferFromTheTextIndex) {
+TEST(MRopeGolden, VisionTokensHavePositionsThatDifferFromTheTextIndex) {
   auto files = recording_files();
   if (files.empty()) GTEST_SKIP() << "no recordings";
   int checked = 0, videos = 0;
@@ -54,7 +54,7 @@ TEST(MRope, VisionTokensHavePositionsThatDifferFromTheTextIndex) {
 
 // Qwen3-VL's interleaved M-RoPE (frequency i from axis i % 3 within the sections) in place of
 // Qwen2.5-VL's chunked layout: it agrees on text tokens (all rows equal) and must fail on vision tokens.
-TEST(PlantedBug, InterleavedMRopeInPlaceOfChunkedFails) {
+TEST(PlantedBugText, InterleavedMRopeInPlaceOfChunkedFails) {
   QVL_REQUIRE_FILE(kFp32);
   auto bug = [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
     const auto& t = cfg.text;

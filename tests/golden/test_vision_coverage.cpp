@@ -13,7 +13,7 @@
 namespace qvl::testing {
 namespace {
 
-TEST(GoldenCoverage, VisionRecordingsCoverFullWindowedAndPadding) {
+TEST(VisionCoverage, VisionRecordingsCoverFullWindowedAndPadding) {
   auto files = recording_files();
   if (files.empty()) GTEST_SKIP() << "no recordings";
   int checked = 0;
@@ -53,7 +53,7 @@ TEST(GoldenCoverage, VisionRecordingsCoverFullWindowedAndPadding) {
 }
 
 // The generated scenarios exist (the build records them when the Python environment is configured).
-TEST(GoldenCoverage, VisionScenariosAreRecorded) {
+TEST(VisionCoverage, VisionScenariosAreRecorded) {
   const std::string dir = generated_recordings_dir();
   if (!std::filesystem::exists(dir + "/.stamp")) {
     GTEST_SKIP() << "scenario recordings absent: " << dir << " (configure with -DQVL_PYTHON=<pinned venv python>)";

@@ -47,7 +47,7 @@ TEST(MropeRows, AgreeWithThePlainRopeBuilder) {
   }
 }
 
-TEST(FusedRope, AngleBuildersNameTheBadInput) {
+TEST(FusedRopeHost, AngleBuildersNameTheBadInput) {
   at::Tensor inv = at::ones({64});
   try {
     cuda::rope_mrope_chunked(at::zeros({3, 1, 5}, at::kLong), inv, {16, 24, 20});
@@ -69,7 +69,7 @@ TEST(FusedRope, AngleBuildersNameTheBadInput) {
   }
 }
 
-TEST(FusedRope, RefusesHostTensors) {
+TEST(FusedRopeHost, RefusesHostTensors) {
   at::Tensor q = at::zeros({1, 4, 2, 8});
   try {
     cuda::rope_apply(q, q, cuda::rope_1d(at::zeros({1, 4}, at::kLong), at::ones({4})));
