@@ -22,6 +22,18 @@ std::vector<int64_t> unravel(int64_t flat, at::IntArrayRef shape) {
 
 }  // namespace
 
+namespace {
+// row_cosines of two float64 [rows, last] tensors whose non-finite elements are already zero.
+std::vector<double> row_cosines_finite(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor na = a.pow(2).sum(1), nb = b.pow(2).sum(1), dot = (a * b).sum(1);
+  const at::Tensor row_err = at::sub(a, b).pow_(2).sum(1);
+  const at::Tensor cos = at::where(na.gt(0).logical_and(nb.gt(0)), dot / (na * nb).sqrt(),
+                                   at::where(row_err.eq(0), at::ones_like(dot), at::zeros_like(dot)))
+                             .contiguous();
+  return std::vector<double>(cos.data_ptr<double>(), cos.data_ptr<double>() + cos.numel());
+}
+}  // namespace
+
 std::vector<double> row_cosines(const at::Tensor& ours_in, const at::Tensor& ref_in) {
   if (ours_in.numel() != ref_in.numel()) {
     throw std::runtime_error("row_cosines: ours has " + std::to_string(ours_in.numel()) + " elements, ref " +
@@ -33,13 +45,7 @@ std::vector<double> row_cosines(const at::Tensor& ours_in, const at::Tensor& ref
     at::Tensor d = t.detach().to(at::kCPU).to(at::kDouble).contiguous().view({-1, last});
     return at::where(d.isfinite(), d, at::zeros_like(d));
   };
-  const at::Tensor a = prep(ours_in), b = prep(ref_in);
-  const at::Tensor na = a.pow(2).sum(1), nb = b.pow(2).sum(1), dot = (a * b).sum(1);
-  const at::Tensor row_err = (a - b).pow(2).sum(1);
-  const at::Tensor cos = at::where(na.gt(0).logical_and(nb.gt(0)), dot / (na * nb).sqrt(),
-                                   at::where(row_err.eq(0), at::ones_like(dot), at::zeros_like(dot)))
-                             .contiguous();
-  return std::vector<double>(cos.data_ptr<double>(), cos.data_ptr<double>() + cos.numel());
+  return row_cosines_finite(prep(ours_in), prep(ref_in));
 }
 
 std::string format_index(const std::vector<int64_t>& idx) {
@@ -84,18 +90,23 @@ Metrics compare(const at::Tensor& ours_in, const at::Tensor& ref_in, bool check_
   at::Tensor b = ref_in.detach().to(at::kCPU).to(at::kDouble).contiguous().view(-1);
   if (m.numel == 0) return m;
 
-  at::Tensor diff = (a - b).abs();
+  // The working set is a few float64 copies of the tensor (a 152064-column lm_head output of 322 tokens is
+  // 392 MB per copy), so the temporaries are made in place and dropped as soon as they are used: the values
+  // and the order of every reduction are those of the plain formulas.
+  at::Tensor diff = at::sub(a, b).abs_();
   // Non-finite values: equal infinities/NaNs in the same places count as agreement.
-  at::Tensor both_nan = a.isnan().logical_and(b.isnan());
-  at::Tensor same_inf = a.isinf().logical_and(b.isinf()).logical_and(a.eq(b));
-  at::Tensor agree_nonfinite = both_nan.logical_or(same_inf);
-  diff = at::where(agree_nonfinite, at::zeros_like(diff), diff);
-  diff = at::where(diff.isnan(), at::full_like(diff, INFINITY), diff);
-  at::Tensor finite = a.isfinite().logical_and(b.isfinite());
+  {
+    const at::Tensor agree_nonfinite =
+        a.isnan().logical_and(b.isnan()).logical_or(a.isinf().logical_and(b.isinf()).logical_and(a.eq(b)));
+    diff.masked_fill_(agree_nonfinite, 0.0);
+  }
+  diff.masked_fill_(diff.isnan(), INFINITY);
+  const at::Tensor finite = a.isfinite().logical_and(b.isfinite());
   m.mismatches = m.integer ? diff.ne(0).sum().item<int64_t>()
                            : a.isfinite().logical_xor(b.isfinite()).sum().item<int64_t>();
 
   auto [top_vals, top_idx] = at::topk(diff, std::min<int64_t>(n_worst, m.numel));
+  diff = at::Tensor();
   m.max_abs = top_vals[0].item<double>();
   for (int64_t i = 0; i < top_idx.numel(); ++i) {
     const int64_t flat = top_idx[i].item<int64_t>();
@@ -103,23 +114,32 @@ Metrics compare(const at::Tensor& ours_in, const at::Tensor& ref_in, bool check_
   }
   m.worst_index = m.worst.front().index;
 
-  at::Tensor af = at::where(finite, a, at::zeros_like(a));
-  at::Tensor bf = at::where(finite, b, at::zeros_like(b));
+  // From here on the non-finite elements count as 0. a and b may be the caller's own float64 tensors (to()
+  // returns them as they are): replace them, never write into them.
+  const at::Tensor not_finite = finite.logical_not();
+  at::Tensor af = a.masked_fill(not_finite, 0.0);
+  a = at::Tensor();
+  at::Tensor bf = b.masked_fill(not_finite, 0.0);
+  b = at::Tensor();
   const double ref_scale = bf.abs().max().item<double>();
   m.max_rel = m.max_abs == 0 ? 0.0 : (ref_scale > 0 ? m.max_abs / ref_scale : INFINITY);
-  const double sq_err = (af - bf).pow(2).sum().item<double>();
+  const double sq_err = at::sub(af, bf).pow_(2).sum().item<double>();
   const double sq_ref = bf.pow(2).sum().item<double>();
   const double sq_ours = af.pow(2).sum().item<double>();
   m.rmse = std::sqrt(sq_err / static_cast<double>(m.numel));
   m.nmse = sq_ref > 0 ? sq_err / sq_ref : (sq_err == 0 ? 0.0 : INFINITY);
   m.cosine = (sq_ref > 0 && sq_ours > 0) ? (af * bf).sum().item<double>() / std::sqrt(sq_ref * sq_ours)
                                          : (sq_err == 0 ? 1.0 : 0.0);
-  at::Tensor ac = af - af.mean(), bc = bf - bf.mean();
-  const double va = ac.pow(2).sum().item<double>(), vb = bc.pow(2).sum().item<double>();
-  m.pearson = (va > 0 && vb > 0) ? (ac * bc).sum().item<double>() / std::sqrt(va * vb) : (sq_err == 0 ? 1.0 : 0.0);
+  {
+    const at::Tensor ac = af - af.mean(), bc = bf - bf.mean();
+    const double cross = (ac * bc).sum().item<double>();
+    const double va = ac.pow(2).sum().item<double>(), vb = bc.pow(2).sum().item<double>();
+    m.pearson = (va > 0 && vb > 0) ? cross / std::sqrt(va * vb) : (sq_err == 0 ? 1.0 : 0.0);
+  }
 
   // Per-row cosine over the last dimension (a "row" is one token / patch for activations).
-  m.row_cos = row_cosines(af, bf.view(ref_in.sizes()));
+  const int64_t last = ref_in.dim() > 0 ? ref_in.size(-1) : 1;
+  if (last > 0) m.row_cos = row_cosines_finite(af.view({-1, last}), bf.view({-1, last}));
   if (!m.row_cos.empty()) m.min_row_cos = *std::min_element(m.row_cos.begin(), m.row_cos.end());
   return m;
 }
