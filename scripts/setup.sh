@@ -7,7 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 req="$here/scripts/requirements.txt"
 
 # --- Debian packages -------------------------------------------------------------------------------
-debs=(cmake g++ make pkg-config libhdf5-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
+debs=(cmake g++ make pkg-config libhdf5-dev libssl-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
       libbenchmark-dev python3-venv dataset-fashion-mnist libgloo-dev chromium)
 missing=()
 for p in "${debs[@]}"; do
