@@ -179,7 +179,7 @@ def main():
     bench_rmsnorm(a)
     if not a.skip_tower:
         bench_tower(a, cfg)
-    print("\ngoals (issue 7): RoPE >= 80% of 3.35 TB/s and >= 15x HF eager; vision tower >= 2x transformers sdpa")
+    print("\ngoals: RoPE >= 80% of 3.35 TB/s and >= 15x HF eager; vision tower >= 2x transformers sdpa")
 
 
 if __name__ == "__main__":

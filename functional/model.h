@@ -50,8 +50,9 @@ struct Inputs {
 //   out [B, T, D]. Weights: the `model` sub-tree.
 at::Tensor embed_inputs(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec = nullptr);
 
-// Mirrors Qwen2_5_VLModel.forward (prefill, no cache): embed, run the vision tower on images and videos,
-// masked_scatter the features into their placeholder tokens, M-RoPE positions from get_rope_index, then
+// Mirrors Qwen2_5_VLModel.forward (a prefill; with a cache, the step over cached keys and values): embed,
+// run the vision tower on images and videos, masked_scatter the features into their placeholder tokens,
+// M-RoPE positions from get_rope_index, then
 // the text model. Weights: the `model` sub-tree (visual, language_model).
 struct ModelOutput {
   at::Tensor last_hidden_state;  // [B, T, D]

@@ -49,7 +49,7 @@ std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb(const at::Tensor& q, cons
 at::Tensor causal_mask(const at::Tensor& attention_mask, int64_t batch, int64_t q_len, int64_t past,
                        at::ScalarType dtype);
 
-// Mirrors Qwen2_5_VLAttention.forward with eager attention and no cache.
+// Mirrors Qwen2_5_VLAttention.forward with eager attention (with a KV cache: see `cache` below).
 //   x     [B, T, D];  mask [B, 1, T, T] additive (or undefined);  rope: cos/sin [B, T, Dh]
 //   out   [B, T, D];  weights [B, H, T, T] (HF returns them too)
 // Weights: q_proj.{weight [H*Dh, D], bias}, k_proj/v_proj.{weight [Hkv*Dh, D], bias}, o_proj.weight (no bias).
@@ -135,7 +135,7 @@ at::Tensor decoder_layer_fast(const Weights& w, const at::Tensor& x, const at::T
                               const TextConfig& c, Recorder* rec = nullptr, KVCache* cache = nullptr,
                               int64_t layer = 0);
 
-// Mirrors Qwen2_5_VLTextModel.forward from inputs_embeds, with no cache.
+// Mirrors Qwen2_5_VLTextModel.forward from inputs_embeds (a prefill; with `cache`, see below).
 //   inputs_embeds [B, T, D];  attention_mask [B, T] (or undefined);  position_ids [3, B, T] (or undefined:
 //   arange(T) on all three rows)
 //   out [B, T, D] after the final norm

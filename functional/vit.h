@@ -1,4 +1,4 @@
-// A plain ViT image classifier as pure functions over a Weights tree (issue 15), with the position encoding
+// A plain ViT image classifier as pure functions over a Weights tree, with the position encoding
 // plugged in from functional/rope/ (no copy of any variant lives here). No I/O.
 //
 // Model (pre-norm, as DeiT):

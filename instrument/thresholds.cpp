@@ -44,7 +44,7 @@ Judgement judge_exact(const Metrics& m) {
 }
 
 Judgement judge_positions(const Metrics& m) {
-  // Issue 6: "positions exact, or within 1e-6 where they are float" -- the rule for every golden position
+  // The rule "positions exact, or within 1e-6 where they are float" -- the rule for every golden position
   // output of tests/data/rope_golden (rope_check). Integer positions: exact.
   if (!m.shape_ok) return {false, m.shape_msg};
   if (m.integer) return judge_exact(m);

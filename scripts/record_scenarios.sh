@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Records the vision-tower scenarios of issue 3 with transformers (generated, not committed: each is
+# Records the scenarios with transformers (generated, not committed: each is
 # several MB). Called by the build (target qvl_recordings) into build/recordings/.
 #   scripts/record_scenarios.sh OUT_DIR WEIGHTS_DIR      (WEIGHTS_DIR gets the generated checkpoints)
 set -euo pipefail
@@ -35,7 +35,7 @@ scenario "$tiny" tiny_padded_batch --image synthetic:112x84 --pad-batch 2
 # Tied embeddings: lm_head.weight is the embedding (no lm_head in the checkpoint).
 "$py" "$rec" make-tiny --tie --out "$wdir/tiny_tied" --seed 2
 scenario "$wdir/tiny_tied" tiny_tied --image synthetic:112x84
-# What users vary (issue 14): frame rates, mixed media, extreme image shapes and the config fields that the
+# What users vary: frame rates, mixed media, extreme image shapes and the config fields that the
 # scenarios above all share. Four decode steps each (a decode step replays the same modules as the
 # prefill); the planted bugs of tests/golden/test_planted_bugs_config.cpp name the scenario that catches each.
 steps=4

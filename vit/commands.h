@@ -1,4 +1,4 @@
-// `qvl vit train | eval | sweep` (issue 15): the command-line side of the ViT experiments.
+// `qvl vit train | eval | sweep`: the command-line side of the ViT experiments.
 #pragma once
 
 #include <CLI/CLI.hpp>

@@ -1,4 +1,4 @@
-// Image classification data sets for the ViT experiments (issue 15): Fashion-MNIST (gzipped IDX, as Debian's
+// Image classification data sets for the ViT experiments: Fashion-MNIST (gzipped IDX, as Debian's
 // dataset-fashion-mnist ships it) and CIFAR-10 (the binary version). Readers only: every error names the
 // file and what is wrong (missing, bad magic, size against header, label out of range, truncated record).
 #pragma once

@@ -1,4 +1,4 @@
-// Data-parallel training across processes through torch.distributed's c10d (issue 15): a TCPStore for the
+// Data-parallel training across processes through torch.distributed's c10d: a TCPStore for the
 // rendezvous and a process group whose all-reduce averages the gradients (vit/train.h's Reducer).
 #pragma once
 

@@ -1,4 +1,4 @@
-// Training and evaluation of the functional ViT (functional/vit.h) on LibTorch autograd (issue 15).
+// Training and evaluation of the functional ViT (functional/vit.h) on LibTorch autograd.
 //
 // Protocol: AdamW (betas 0.9/0.999, eps 1e-8, ATen's fused kernel; weight decay on matrices only), one-cycle learning rate (linear warm-up
 // from lr/25 over the first `warmup` fraction of the steps, then cosine to ~0), cross-entropy, pixels

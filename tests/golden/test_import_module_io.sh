@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# qvl import module_io_data (issue 18). tests/golden/make_module_io.py writes the conversion framework's folders from
+# qvl import module_io_data. tests/golden/make_module_io.py writes the conversion framework's folders from
 # the tiny model through forward hooks, in that framework's layout; then:
 #   passes      the imported recording passes qvl check (all weights), and the framework's vision_weights.pt,
 #               converted to qvl.weights, passes qvl check on the imported vision calls;

@@ -1,4 +1,4 @@
-// Planted bugs in what users vary (issue 14, part 6): each is correct whenever an input or config field has
+// Planted bugs in what users vary: each is correct whenever an input or config field has
 // the value that the older scenarios all share, so every older recording passes it, and wrong otherwise.
 // Each test names the new scenario (scripts/record_scenarios.sh) that varies the field and must FAIL every
 // call the bug touches, and prints, as the demonstration, how the older recordings pass the same bug.
@@ -123,7 +123,7 @@ ReplayFn rope_index_with(std::function<void(ModelConfig&)> mutate, bool ignore_s
 }
 
 TEST(PlantedBugConfig, SecondPerGridTsIgnoredInGetRopeIndexIsCaughtByOtherFrameRates) {
-  // The hidden mutation of issue 14: the frame interval taken as tokens_per_second x 1. At fps 2
+  // A hidden mutation: the frame interval taken as tokens_per_second x 1. At fps 2
   // (second_per_grid_ts 1.0, the only frame rate recorded before) that is right.
   expect_caught("get_rope_index ignores second_per_grid_ts (interval = tokens_per_second x 1)", "get_rope_index",
                 rope_index_with(nullptr, /*ignore_second_per_grid_ts=*/true),

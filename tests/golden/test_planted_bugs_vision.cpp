@@ -1,4 +1,4 @@
-// Planted vision-tower bugs (issue 3): each must make the harness FAIL the calls it touches.
+// Planted vision-tower bugs: each must make the harness FAIL the calls it touches.
 #include <gtest/gtest.h>
 
 #include "functional/norm.h"

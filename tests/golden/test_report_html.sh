@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The HTML report of qvl compare / qvl check (issue 18), on the committed tiny recordings:
+# The HTML report of qvl compare / qvl check, on the committed tiny recordings:
 #   parse     every report is strictly well-formed and self-contained, and names the first divergent module that
 #             the text report names: a Circle-RoPE run (AGE strategy_3 and the released config), a --scale-weight
 #             run (float32 and bfloat16), qvl check --rope circle, and qvl check (nothing diverges);

@@ -1,4 +1,4 @@
-// Text side checks beyond per-call replay (issue 4).
+// Text side checks beyond per-call replay.
 #include <gtest/gtest.h>
 
 #include "functional/text.h"

@@ -59,7 +59,7 @@ TEST(VisionCoverage, VisionScenariosAreRecorded) {
     GTEST_SKIP() << "scenario recordings absent: " << dir << " (configure with -DQVL_PYTHON=<pinned venv python>)";
   }
   for (const char* name : {"tiny_w112_252x196", "tiny_two_images", "tiny_video", "vision_real_476x420",
-                           // issue 14: what users vary (frame rates, mixed media, image shapes, config fields)
+                           // what users vary (frame rates, mixed media, image shapes, config fields)
                            "tiny_video_fps1", "tiny_video_fps4", "tiny_image_video", "tiny_small_wide",
                            "tiny_variant_text", "tiny_merge3_mha"})
     for (const char* d : {"fp32", "bf16"})

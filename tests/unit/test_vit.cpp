@@ -1,4 +1,4 @@
-// The ViT experiments (issue 15): gradcheck of every RoPE applier in double, the relative-shift property of
+// The ViT experiments: gradcheck of every RoPE applier in double, the relative-shift property of
 // every variant (and its absence for APE), axial-matrix == axial and block:2 == axial, training (loss falls,
 // beats chance, same seed = same losses on one thread), save/load identical logits, and the data readers'
 // bad-data errors. Data-dependent tests SKIP with the reason when Fashion-MNIST is absent.
