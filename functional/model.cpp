@@ -119,6 +119,25 @@ Value step_inputs(const Inputs& in) {
 Value optional(const at::Tensor& t) { return t.defined() ? Value::of(t) : Value::none(); }
 }  // namespace
 
+at::Tensor mrope_rows(const at::Tensor& position_ids) {
+  return position_ids.defined() && position_ids.dim() == 3 && position_ids.size(0) == 4 ? position_ids.slice(0, 1)
+                                                                                          : position_ids;
+}
+
+namespace {
+// get_rope_index on the model inputs (with `attention_mask`), recorded as the function call `path`, as HF's
+// hooks record it.
+RopeIndex recorded_rope_index(const Inputs& in, const at::Tensor& attention_mask, const ModelConfig& c, Recorder* rec,
+                              const std::string& path) {
+  RecordScope ri(rec, path, "get_rope_index", [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); },
+                 "{\"kind\": \"function\"}");
+  RopeIndex idx = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
+                                 in.second_per_grid_ts, attention_mask, c);
+  ri.done(Value::tuple({Value::of(idx.position_ids), Value::of(idx.deltas)}));
+  return idx;
+}
+}  // namespace
+
 ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Recorder* rec, text::KVCache* cache) {
   RecordScope rs(rec, w.path(), "Qwen2_5_VLModel", [&] { return step_inputs(in); });
   const Weights lm = w.at("language_model");
@@ -135,14 +154,10 @@ ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Re
     if (in.position_ids.dim() != 3 || (in.position_ids.size(0) != 3 && in.position_ids.size(0) != 4))
       throw std::runtime_error("model::forward: position_ids must be [3, B, T] or [4, B, T], got " +
                                shape_str(in.position_ids.sizes()));
-    position_ids = in.position_ids.size(0) == 4 ? in.position_ids.slice(0, 1) : in.position_ids;
+    position_ids = mrope_rows(in.position_ids);
   } else if (c.text_rope.kind == rope::TextRope::Kind::MRope && can_mrope && (!in.rope_deltas.defined() || past == 0)) {
     // compute_3d_position_ids: get_rope_index when input_ids, mm_token_type_ids and a grid are present
-    RecordScope ri(rec, w.path().empty() ? "get_rope_index" : w.path() + ".get_rope_index", "get_rope_index",
-                   [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); }, "{\"kind\": \"function\"}");
-    RopeIndex idx = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
-                                   in.second_per_grid_ts, in.attention_mask, c);
-    ri.done(Value::tuple({Value::of(idx.position_ids), Value::of(idx.deltas)}));
+    RopeIndex idx = recorded_rope_index(in, in.attention_mask, c, rec, join_path(w.path(), "get_rope_index"));
     position_ids = idx.position_ids;
     out.rope_deltas = idx.deltas;
   } else if (c.text_rope.kind == rope::TextRope::Kind::MRope && in.rope_deltas.defined() && past > 0) {
@@ -220,11 +235,7 @@ PlannedRope plan_rope(const Inputs& in, const at::Tensor& attention_mask, const 
   at::Tensor mpos, mdelta;
   const bool grids = in.image_grid_thw.defined() || in.video_grid_thw.defined();
   if (grids && in.mm_token_type_ids.defined()) {
-    RecordScope ri(rec, prefix + "get_rope_index", "get_rope_index",
-                   [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); }, "{\"kind\": \"function\"}");
-    RopeIndex idx = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
-                                   in.second_per_grid_ts, attention_mask, c);
-    ri.done(Value::tuple({Value::of(idx.position_ids), Value::of(idx.deltas)}));
+    RopeIndex idx = recorded_rope_index(in, attention_mask, c, rec, prefix + "get_rope_index");
     mpos = idx.position_ids;
     mdelta = idx.deltas;
   } else {
@@ -275,11 +286,7 @@ DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c,
   at::Tensor text_pos = (s.attention_mask.cumsum(-1) - 1).masked_fill(s.attention_mask.eq(0), 0);
   at::Tensor mpos;
   if (in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined())) {
-    RecordScope ri(rec, "get_rope_index", "get_rope_index", [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); },
-                   "{\"kind\": \"function\"}");
-    RopeIndex idx = get_rope_index(in.input_ids, in.mm_token_type_ids, in.image_grid_thw, in.video_grid_thw,
-                                   in.second_per_grid_ts, s.attention_mask, c);
-    ri.done(Value::tuple({Value::of(idx.position_ids), Value::of(idx.deltas)}));
+    RopeIndex idx = recorded_rope_index(in, s.attention_mask, c, rec, "get_rope_index");
     mpos = idx.position_ids;
     s.rope_deltas = idx.deltas;
   } else {

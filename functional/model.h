@@ -30,6 +30,10 @@ RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& mm_token
                          const at::Tensor& second_per_grid_ts, const at::Tensor& attention_mask,
                          const ModelConfig& c);
 
+// The M-RoPE rows of a position_ids tensor: generate passes [4, B, T], whose row 0 holds the text positions
+// (used by HF for packed-sequence masks only); rows 1-3 are the M-RoPE positions. [3, B, T] is returned as it is.
+at::Tensor mrope_rows(const at::Tensor& position_ids);
+
 // The multimodal inputs of one forward pass; undefined tensors mean "absent".
 struct Inputs {
   at::Tensor input_ids;        // [B, T] int64

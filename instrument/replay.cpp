@@ -212,7 +212,7 @@ void add_text(Registry& r) {
     if (!embeds.defined()) embeds = at::embedding(w.tensor("embed_tokens.weight"), c.input("input_ids", 0).as_tensor());
     // generate passes [4, B, T]: row 0 (text positions) only shapes packed-sequence masks in HF
     at::Tensor pos = optional_input(c, "position_ids");
-    if (pos.defined() && pos.dim() == 3 && pos.size(0) == 4) pos = pos.slice(0, 1);
+    pos = model::mrope_rows(pos);
     text::KVCache cache;
     const bool cached = recorded_cache(c, cache);
     at::Tensor h = text::text_model(w, embeds, optional_input(c, "attention_mask"), pos, cfg.text, nullptr, cached ? &cache : nullptr);
