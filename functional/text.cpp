@@ -144,11 +144,13 @@ at::Tensor decoder_layer(const Weights& w, const at::Tensor& x, const at::Tensor
     return recorded_layer_inputs("arg0", x, mask, rope);
   });
   // hidden_states = residual + self_attn(input_layernorm(hidden_states))
-  at::Tensor h = x + attention(w.at("self_attn"), rms_norm(w.at("input_layernorm"), x, c.rms_norm_eps, rec, c.fused), mask,
-                               rope, c, rec, cache, layer)
-                         .out;
+  const at::Tensor attn_in = rms_norm(w.at("input_layernorm"), x, c.rms_norm_eps, rec, c.fused);
+  const at::Tensor attn_out = attention(w.at("self_attn"), attn_in, mask, rope, c, rec, cache, layer).out;
+  const at::Tensor h = x + attn_out;
   // hidden_states = residual + mlp(post_attention_layernorm(hidden_states))
-  at::Tensor out = h + mlp(w.at("mlp"), rms_norm(w.at("post_attention_layernorm"), h, c.rms_norm_eps, rec, c.fused), c, rec);
+  const at::Tensor mlp_in = rms_norm(w.at("post_attention_layernorm"), h, c.rms_norm_eps, rec, c.fused);
+  const at::Tensor mlp_out = mlp(w.at("mlp"), mlp_in, c, rec);
+  at::Tensor out = h + mlp_out;
   rs.done(Value::of(out));
   return out;
 }

@@ -227,9 +227,13 @@ at::Tensor block(const Weights& w, const at::Tensor& x, const at::Tensor& cu, co
                         {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
   }, settings_json);
   // hidden_states = hidden_states + self.attn(self.norm1(hidden_states), ...)
-  at::Tensor h = x + attention(w.at("attn"), rms_norm(w.at("norm1"), x, c.rms_norm_eps, rec, c.fused), cu, rope, c, rec);
+  const at::Tensor attn_in = rms_norm(w.at("norm1"), x, c.rms_norm_eps, rec, c.fused);
+  const at::Tensor attn_out = attention(w.at("attn"), attn_in, cu, rope, c, rec);
+  const at::Tensor h = x + attn_out;
   // hidden_states = hidden_states + self.mlp(self.norm2(hidden_states))
-  at::Tensor out = h + mlp(w.at("mlp"), rms_norm(w.at("norm2"), h, c.rms_norm_eps, rec, c.fused), c, rec);
+  const at::Tensor mlp_in = rms_norm(w.at("norm2"), h, c.rms_norm_eps, rec, c.fused);
+  const at::Tensor mlp_out = mlp(w.at("mlp"), mlp_in, c, rec);
+  at::Tensor out = h + mlp_out;
   rs.done(Value::of(out));
   return out;
 }
