@@ -7,6 +7,8 @@
 // text::fuse_projections weights; the fuse is done once before timing, as transformers' load is not timed
 // either) and then the plain reference path, and prints one JSON line of medians ("<name>_ms") and minimums
 // ("<name>_min_ms") in ms, the plain path's names with a "plain_" prefix, and "path": which fast path ran.
+// With REPS = serve, bench::serve (bench_timing.h) instead times one call per request, for interleaved pairs:
+// generate serves "fast" and "plain"; layer serves "prefill", "decode", "plain_prefill" and "plain_decode".
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
@@ -54,12 +56,19 @@ int main(int argc, char** argv) {
       model::Inputs in = recorded_model_inputs(rec);
       model::GenerateOptions opt;
       opt.max_new_tokens = std::stoll(argv[4]);  // no eos: always N tokens, as the Python side
-      const int reps = std::stoi(argv[5]);
+      const bool serve = std::string(argv[5]) == "serve";
+      const int reps = serve ? 0 : std::stoi(argv[5]);
       const bool pack = packed::available();
       const Weights fused = text::fuse_projections(root, pack);
       ModelConfig fast = cfg;
       fast.text.fast = true;
       fast.text.fast_packed = pack;
+      if (serve) {
+        std::fprintf(stderr, "qvl_bench_text: path %s, %d threads\n", pack ? "fast+packed" : "fast", at::get_num_threads());
+        return bench::serve({{"fast", [&] { model::generate(fused, in, fast, opt); }},
+                             {"plain", [&] { model::generate(root, in, cfg, opt); }}},
+                            2);
+      }
       const bench::Timing ms = timing(reps, [&] { model::generate(fused, in, fast, opt); });
       const bench::Timing plain = timing(reps, [&] { model::generate(root, in, cfg, opt); });
       std::printf("{\"path\": \"%s\", %s%s\"threads\": %d}\n", pack ? "fast+packed" : "fast", json("generate", ms).c_str(),
@@ -72,7 +81,37 @@ int main(int argc, char** argv) {
       auto in = [&](const char* name) { return h5::read_tensor(f.id(), name, argv[3]); };
       const at::Tensor x = in("x"), mask = in("mask"), cos = in("cos"), sin = in("sin");
       const at::Tensor x1 = in("x1"), mask1 = in("mask1"), cos1 = in("cos1"), sin1 = in("sin1");
-      const int reps = std::stoi(argv[4]);
+      const bool serve = std::string(argv[4]) == "serve";
+      const int reps = serve ? 0 : std::stoi(argv[4]);
+      // One prefill, and one decode token on a copy of the 512-token cache `base` (shallow: decode appends with
+      // torch.cat, the base is not modified).
+      auto prefill_fn = [&](const Weights& lw, const TextConfig& tc) {
+        return [&, lw, tc] { text::decoder_layer(lw, x, mask, {cos, sin}, tc); };
+      };
+      auto decode_fn = [&](const Weights& lw, const TextConfig& tc, const text::KVCache& base) {
+        return [&, lw, tc, base] {
+          text::KVCache cache = base;
+          text::decoder_layer(lw, x1, mask1, {cos1, sin1}, tc, nullptr, &cache, 0);
+        };
+      };
+      auto cache_of = [&](const Weights& lw, const TextConfig& tc) {
+        text::KVCache base;
+        text::decoder_layer(lw, x, mask, {cos, sin}, tc, nullptr, &base, 0);
+        return base;
+      };
+      if (serve) {
+        const bool pack = packed::available();
+        TextConfig fast = cfg.text;
+        fast.fast = true;
+        fast.fast_packed = pack;
+        const Weights fused = text::fuse_projections(layer, pack);
+        std::fprintf(stderr, "qvl_bench_text: path %s, %d threads\n", pack ? "fast+packed" : "fast", at::get_num_threads());
+        return bench::serve({{"prefill", prefill_fn(fused, fast)},
+                             {"decode", decode_fn(fused, fast, cache_of(fused, fast))},
+                             {"plain_prefill", prefill_fn(layer, cfg.text)},
+                             {"plain_decode", decode_fn(layer, cfg.text, cache_of(layer, cfg.text))}},
+                            2);
+      }
       // prefill and decode timings of one layer's weights and config
       auto time_layer = [&](const Weights& lw, const TextConfig& tc) {
         const bench::Timing prefill = timing(reps, [&] { text::decoder_layer(lw, x, mask, {cos, sin}, tc); });

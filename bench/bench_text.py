@@ -6,20 +6,23 @@
      greedy loop with a KV cache; eos is disabled so both generate exactly N tokens.
   2. 7B: one decoder layer at the Qwen2.5-VL-7B text sizes (hidden 3584, 28 heads, 4 KV heads of 128,
      intermediate 18944), random weights: prefill on 512 tokens; decode = 1 token on a 512-token cache.
-Float32, eager attention, torch's default thread count on both sides; medians after warm-up.
+Float32, eager attention, torch's default thread count on both sides. qvl runs as a server (serve mode) and the
+two sides alternate call by call (A B A B ...), so a change in the machine's load falls on both calls of a pair;
+the table gives the median of the per-pair speed ratios (transformers ms / qvl ms) with their min-max.
 qvl runs its fast path (TextConfig::fast: fused qkv and gate_up GEMMs, SDPA, and with fast_packed MKL's packed
 GEMM for inputs of >= 4 rows; weights fused and packed once before timing, as the transformers load is not
 timed either); its plain reference path is timed too and shown as "(plain)".
 
-  python bench/bench_text.py [--reps N] [--bin BUILD/bench/qvl_bench_text]
+  python bench/bench_text.py [--pairs N] [--bin BUILD/bench/qvl_bench_text]
 """
 import argparse
 import copy
 import json
 import os
-import subprocess
+import statistics
 import sys
 import tempfile
+import time
 
 import h5py
 import torch
@@ -27,29 +30,19 @@ import torch
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "recordings"))
 import record_reference as rr  # noqa: E402
-from timing import time_ms  # noqa: E402
+from timing import Server, interleaved, machine_line  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.cache_utils import DynamicCache  # noqa: E402
 
 BIN = os.path.join(here, "..", "build", "bench", "qvl_bench_text")
 
 
-def timing(fn, reps):
-    """(median ms, min ms)"""
-    return time_ms(fn, reps, warmup=2)
-
-
-def cpp(binary, *args):
-    out = subprocess.run([binary, *map(str, args)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--pairs", type=int, default=10, help="interleaved (transformers, qvl) pairs per case")
     ap.add_argument("--bin", default=BIN, help="the qvl_bench_text binary (default: %(default)s)")
     a = ap.parse_args()
-    rows = []
+    rows = []  # (case, qvl path, result of interleaved())
 
     # --- tiny: whole model, generate -----------------------------------------------------------------
     tiny = os.path.join(here, "..", "weights", "tiny")
@@ -63,14 +56,28 @@ def main():
     input_ids = torch.tensor([ids])
     kw = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values=img["pixel_values"],
               image_grid_thw=img["image_grid_thw"], mm_token_type_ids=(input_ids == cfg.image_token_id).int(), do_sample=False)
-    hf1 = timing(lambda: model.generate(**kw, max_new_tokens=1), a.reps)
-    hf33 = timing(lambda: model.generate(**kw, max_new_tokens=33), a.reps)
-    g1 = cpp(a.bin, "generate", tiny, rec, 1, a.reps)
-    g33 = cpp(a.bin, "generate", tiny, rec, 33, a.reps)
-    per_token = lambda t33, t1: tuple((x33 - x1) / 32 for x33, x1 in zip(t33, t1))  # noqa: E731
-    for tag, key in (("", "generate"), (" (plain)", "plain_generate")):
-        q1, q33 = (g1[key + "_ms"], g1[key + "_min_ms"]), (g33[key + "_ms"], g33[key + "_min_ms"])
-        rows += [(f"tiny prefill (generate 1){tag}", hf1, q1), (f"tiny decode per token{tag}", per_token(hf33, hf1), per_token(q33, q1))]
+    g1 = Server([a.bin, "generate", tiny, rec, "1", "serve"])
+    g33 = Server([a.bin, "generate", tiny, rec, "33", "serve"])
+    for path in ("fast", "plain"):
+        rows.append(("tiny prefill (generate 1)", path,
+                     interleaved(lambda: model.generate(**kw, max_new_tokens=1), lambda: g1.time_ms(path), a.pairs)))
+        # per-token decode: (generate 33 - generate 1) / 32 on each side, in pairs of pairs
+        hf, q = [], []
+        with torch.no_grad():
+            for _ in range(a.pairs):
+                t = []
+                for fn in (lambda: model.generate(**kw, max_new_tokens=1), lambda: model.generate(**kw, max_new_tokens=33)):
+                    t0 = time.perf_counter()
+                    fn()
+                    t.append((time.perf_counter() - t0) * 1e3)
+                hf.append((t[1] - t[0]) / 32)
+                q.append((g33.time_ms(path) - g1.time_ms(path)) / 32)
+        ratios = sorted(h / x for h, x in zip(hf, q))
+        rows.append(("tiny decode per token", path, {"ref_ms": statistics.median(hf), "ours_ms": statistics.median(q),
+                                                     "ratio": statistics.median(ratios), "ratio_min": ratios[0],
+                                                     "ratio_max": ratios[-1], "pairs": a.pairs}))
+    g1.close()
+    g33.close()
 
     # --- 7B: one decoder layer -----------------------------------------------------------------------
     c = json.loads(json.dumps(rr.TINY_CONFIG))
@@ -95,9 +102,6 @@ def main():
         cos1, sin1 = rot(x1, pos1)
         base = DynamicCache(config=big.config.text_config)
         layer(x, attention_mask=mask, position_embeddings=(cos, sin), past_key_values=base, use_cache=True)
-    hf_prefill = timing(lambda: layer(x, attention_mask=mask, position_embeddings=(cos, sin)), a.reps)
-    hf_decode = timing(lambda: layer(x1, attention_mask=mask1, position_embeddings=(cos1, sin1),
-                                        past_key_values=copy.deepcopy(base), use_cache=True), a.reps)
     with tempfile.TemporaryDirectory() as tmp:
         ck = os.path.join(tmp, "big")
         big.save_pretrained(ck)
@@ -105,25 +109,30 @@ def main():
             for k, t in dict(x=x, mask=mask, cos=cos, sin=sin, x1=x1, mask1=mask1, cos1=cos1, sin1=sin1).items():
                 ds = f.create_dataset(k, data=t.contiguous().numpy())
                 ds.attrs["kind"], ds.attrs["dtype"] = "tensor", "float32"
-        r = cpp(a.bin, "layer", ck, os.path.join(tmp, "in.h5"), a.reps)
-    # HF's decode timing includes a deepcopy of the 512-token cache per call; measure it to subtract it.
-    copy_ms = timing(lambda: copy.deepcopy(base), a.reps)
-    hf_decode = tuple(d - c for d, c in zip(hf_decode, copy_ms))
-    for tag, pre in (("", ""), (" (plain)", "plain_")):
-        rows += [(f"7B layer prefill (512 tokens){tag}", hf_prefill, (r[pre + "prefill_ms"], r[pre + "prefill_min_ms"])),
-                 (f"7B layer decode (1 token, 512 cache){tag}", hf_decode, (r[pre + "decode_ms"], r[pre + "decode_min_ms"]))]
+        srv = Server([a.bin, "layer", ck, os.path.join(tmp, "in.h5"), "serve"])
+    # HF's decode appends to the cache it is given: each call gets its own copy, made before it is timed.
+    copies = []
 
-    print(f"text benchmark: float32, CPU, {torch.get_num_threads()} torch threads (qvl: {r['threads']}), "
-          f"medians and minimums of {a.reps}; torch {torch.__version__}")
-    print(f"qvl path: {r['path']} (TextConfig::fast{', fast_packed' if 'packed' in r['path'] else ''}); "
-          "rows marked (plain): the plain reference path, same run")
-    print("(the two sides run one after the other: where other processes load the CPU, the ratio of minimums is the "
-          "steadier one)")
-    print(f"{'case':46} {'HF med ms':>10} {'HF min ms':>10} {'qvl med ms':>10} {'qvl min ms':>10} "
-          f"{'speed (med)':>11} {'speed (min)':>11}")
-    for name, hf, q in rows:
-        print(f"{name:46} {hf[0]:10.3f} {hf[1]:10.3f} {q[0]:10.3f} {q[1]:10.3f} {hf[0] / q[0]:10.2f}x {hf[1] / q[1]:10.2f}x")
-    print(f"(HF decode excludes its per-call cache deepcopy, median {copy_ms[0]:.3f} ms, needed to reuse one cache)")
+    def hf_decode():
+        layer(x1, attention_mask=mask1, position_embeddings=(cos1, sin1), past_key_values=copies.pop(), use_cache=True)
+
+    for path, pre in (("fast", ""), ("plain", "plain_")):
+        rows.append(("7B layer prefill (512 tokens)", path,
+                     interleaved(lambda: layer(x, attention_mask=mask, position_embeddings=(cos, sin)),
+                                 lambda: srv.time_ms(pre + "prefill"), a.pairs)))
+        copies[:] = [copy.deepcopy(base) for _ in range(a.pairs + 3)]
+        rows.append(("7B layer decode (1 token, 512 cache)", path,
+                     interleaved(hf_decode, lambda: srv.time_ms(pre + "decode"), a.pairs)))
+    srv.close()
+
+    print(f"text benchmark: float32; {machine_line()} (qvl: the same default); torch {torch.__version__}")
+    print(f"each case: {a.pairs} interleaved pairs (transformers call, qvl call) after warm-ups on each side; speed = "
+          "transformers ms / qvl ms per pair. qvl path fast: TextConfig::fast (+ fast_packed where MKL's packed GEMM "
+          "is available); plain: the reference path")
+    print(f"{'case':38} {'qvl path':9} {'HF median ms':>12} {'qvl median ms':>13} {'speed median':>12} {'min-max':>13}")
+    for case, path, r in rows:
+        print(f"{case:38} {path:9} {r['ref_ms']:12.3f} {r['ours_ms']:13.3f} {r['ratio']:11.2f}x "
+              f"{r['ratio_min']:5.2f}-{r['ratio_max']:.2f}x")
 
 
 if __name__ == "__main__":

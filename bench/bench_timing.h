@@ -25,3 +25,35 @@ inline Timing time_ms(int reps, int warmup, const std::function<void()>& run) {
 }
 
 }  // namespace qvl::bench
+
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <string>
+
+namespace qvl::bench {
+
+// Serve mode, for benchmarks that interleave the two sides (bench/timing.py, Server): after `warmup` calls of
+// each named run, prints "ready"; then for each name read from stdin runs it once and prints the milliseconds
+// it took. Ends at EOF. The Python side times its own call between two of ours, pair by pair.
+inline int serve(const std::map<std::string, std::function<void()>>& runs, int warmup = 3) {
+  for (const auto& [name, run] : runs)
+    for (int i = 0; i < warmup; ++i) run();
+  std::printf("ready\n");
+  std::fflush(stdout);
+  for (std::string name; std::getline(std::cin, name);) {
+    auto it = runs.find(name);
+    if (it == runs.end()) {
+      std::printf("error: no run '%s'\n", name.c_str());
+      std::fflush(stdout);
+      continue;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    it->second();
+    std::printf("%.6f\n", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace qvl::bench

@@ -2,7 +2,8 @@
 // transformers and qvl run the same config, weights and inputs on the same CPU in one run.
 //   qvl_bench_vision tower CKPT_DIR INPUTS.h5 REPS    pixel_values, grid_thw -> vision::transformer
 //   qvl_bench_vision block CKPT_DIR INPUTS.h5 REPS    x, cu_seqlens, cos, sin -> vision::block (blocks.0)
-// Prints one JSON line: {"median_ms": ..., "min_ms": ..., "threads": ...}.
+// Prints one JSON line: {"median_ms": ..., "min_ms": ..., "threads": ...}. With REPS = serve it runs
+// bench::serve (bench_timing.h) instead: one timed call per "run" line on stdin, for interleaved pairs.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -27,7 +28,8 @@ int main(int argc, char** argv) {
     Weights root = load_weights_any(argv[2], &cfg);
     h5::File f = h5::open_read(argv[3]);
     auto in = [&](const char* name) { return h5::read_tensor(f.id(), name, argv[3]); };
-    const int reps = std::stoi(argv[4]);
+    const bool serve = std::string(argv[4]) == "serve";
+    const int reps = serve ? 0 : std::stoi(argv[4]);
     std::function<void()> run;
     at::Tensor pv, grid, x, cu, cos, sin;
     const Weights visual = root.at("model.visual");
@@ -46,6 +48,7 @@ int main(int argc, char** argv) {
       throw std::runtime_error("mode must be tower or block, got '" + mode + "'");
     }
     c10::InferenceMode guard;  // like torch.no_grad in the Python timing
+    if (serve) return bench::serve({{"run", run}});
     const bench::Timing t = bench::time_ms(reps, 3, run);
     std::printf("{\"median_ms\": %.4f, \"min_ms\": %.4f, \"threads\": %d}\n", t.median_ms, t.min_ms,
                 at::get_num_threads());

@@ -4,16 +4,16 @@
   1. tiny: the whole vision tower of the tiny model (weights/tiny) on the 112x84 image;
   2. real: one vision block at the real sizes (hidden 1280, 16 heads of 80, intermediate 3420) on the
      448x448 grid (1024 patches), windowed (16 windows of 64) and full (one segment of 1024).
-Each side runs warm-up calls, then REPS timed calls; the medians are compared. Both use torch's default
-intra-op thread count on this machine (reported). transformers runs eager attention in float32, the
+qvl runs as a server (qvl_bench_vision ... serve) and the two sides alternate call by call (A B A B ...), so a
+change in the machine's load falls on both calls of a pair; the table gives the median of the per-pair speed
+ratios with their min-max. Both use torch's default intra-op thread count on this machine (reported). transformers runs eager attention in float32, the
 implementation qvl mirrors; sdpa is timed too for reference.
 
-  python bench/bench_vision.py [--reps N] [--binary build/bench/qvl_bench_vision]
+  python bench/bench_vision.py [--pairs N] [--binary build/bench/qvl_bench_vision]
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -23,7 +23,7 @@ import torch
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "recordings"))
 import record_reference as rr  # noqa: E402
-from timing import time_ms  # noqa: E402
+from timing import Server, interleaved, machine_line  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index  # noqa: E402
 
@@ -36,12 +36,6 @@ def save_inputs(path, **tensors):
             ds.attrs["dtype"] = str(t.dtype).replace("torch.", "")
 
 
-def time_cpp(binary, mode, ckpt, inputs, reps):
-    out = subprocess.run([binary, mode, ckpt, inputs, str(reps)], check=True, capture_output=True, text=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return r["median_ms"], r["min_ms"], r["threads"]
-
-
 def load(model_dir, attn):
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
                                                                attn_implementation=attn).eval()
@@ -49,10 +43,20 @@ def load(model_dir, attn):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--pairs", type=int, default=20, help="interleaved (transformers, qvl) pairs per case")
     ap.add_argument("--binary", default=os.path.join(here, "..", "build", "bench", "qvl_bench_vision"))
     a = ap.parse_args()
     rows = []
+
+    def against(case, mode, ckpt, inputs, hf_fns):
+        """qvl in serve mode, interleaved pair by pair with each transformers implementation."""
+        server = Server([a.binary, mode, ckpt, inputs, "serve"])
+        try:
+            for attn, fn in hf_fns:
+                rows.append((case, attn, interleaved(fn, server.time_ms, a.pairs)))
+        finally:
+            server.close()
+
     with tempfile.TemporaryDirectory() as tmp:
         # --- tiny: the whole tower -------------------------------------------------------------------
         tiny = os.path.join(here, "..", "weights", "tiny")
@@ -60,12 +64,9 @@ def main():
         pp = proc(images=[rr.synthetic_image(112, 84, 0)], return_tensors="pt")
         pv, grid = pp["pixel_values"], pp["image_grid_thw"]
         save_inputs(os.path.join(tmp, "tiny.h5"), pixel_values=pv, grid_thw=grid)
-        for attn in ("eager", "sdpa"):
-            visual = load(tiny, attn).model.visual
-            med, mn = time_ms(lambda: visual(pv, grid_thw=grid), a.reps)
-            rows.append(("tiny tower 112x84", f"transformers {attn}", med, mn))
-        med, mn, threads = time_cpp(a.binary, "tower", tiny, os.path.join(tmp, "tiny.h5"), a.reps)
-        rows.append(("tiny tower 112x84", "qvl functional", med, mn))
+        towers = {attn: load(tiny, attn).model.visual for attn in ("eager", "sdpa")}
+        against("tiny tower 112x84", "tower", tiny, os.path.join(tmp, "tiny.h5"),
+                [(attn, (lambda v: lambda: v(pv, grid_thw=grid))(v)) for attn, v in towers.items()])
 
         # --- real: one block at the real sizes on the 448x448 grid -------------------------------------
         cfg = json.loads(json.dumps(rr.TINY_CONFIG))
@@ -86,25 +87,21 @@ def main():
         x = torch.randn(1024, vc.hidden_size, generator=g)
         with torch.no_grad():
             cos, sin = model.model.visual.rotary_pos_emb(x, pos)
+        blocks = {attn: load(real, attn).model.visual.blocks[0] for attn in ("eager", "sdpa")}
         for name, cu in (("windowed", cu_win), ("full", cu_full)):
             inputs = os.path.join(tmp, f"block_{name}.h5")
             save_inputs(inputs, x=x, cu_seqlens=cu, cos=cos, sin=sin)
-            for attn in ("eager", "sdpa"):
-                blk = load(real, attn).model.visual.blocks[0]
-                med, mn = time_ms(lambda: blk(x, cu_seqlens=cu, position_embeddings=(cos, sin)), a.reps)
-                rows.append((f"real block 448x448 {name}", f"transformers {attn}", med, mn))
-            med, mn, _ = time_cpp(a.binary, "block", real, inputs, a.reps)
-            rows.append((f"real block 448x448 {name}", "qvl functional", med, mn))
+            against(f"real block 448x448 {name}", "block", real, inputs,
+                    [(attn, (lambda b, cu: lambda: b(x, cu_seqlens=cu, position_embeddings=(cos, sin)))(b, cu))
+                     for attn, b in blocks.items()])
 
-    print(f"vision benchmark: float32, CPU, {torch.get_num_threads()} torch threads (qvl: {threads}), "
-          f"median of {a.reps} after 3 warm-ups; torch {torch.__version__}")
-    print(f"{'case':28} {'implementation':22} {'median ms':>10} {'min ms':>9} {'speed vs HF eager':>18}")
-    base = {}
-    for case, impl, med, mn in rows:
-        if impl == "transformers eager":
-            base[case] = med
-    for case, impl, med, mn in rows:
-        print(f"{case:28} {impl:22} {med:10.3f} {mn:9.3f} {base[case] / med:17.2f}x")
+    print(f"vision benchmark: float32; {machine_line()} (qvl: the same default); torch {torch.__version__}")
+    print(f"each case: {a.pairs} interleaved pairs (transformers call, qvl call) after 3 warm-ups on each side; "
+          "speed = transformers ms / qvl ms per pair")
+    print(f"{'case':28} {'against':16} {'HF median ms':>12} {'qvl median ms':>13} {'speed median':>12} {'min-max':>13}")
+    for case, attn, r in rows:
+        print(f"{case:28} {'transformers ' + attn:16} {r['ref_ms']:12.3f} {r['ours_ms']:13.3f} {r['ratio']:11.2f}x "
+              f"{r['ratio_min']:5.2f}-{r['ratio_max']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -16,3 +16,62 @@ def time_ms(fn, reps, warmup=3):
             fn()
             ms.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(ms), min(ms)
+
+
+def machine_line():
+    """The CPU model, ATen's CPU capability and torch's thread count: printed with every figure."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (f"CPU: {model}; ATen capability {torch.backends.cpu.get_cpu_capability()}; "
+            f"torch threads {torch.get_num_threads()}")
+
+
+class Server:
+    """A C++ benchmark binary in serve mode (bench/bench_timing.h, bench::serve): it warms up, then times one
+    named call per request, so that the two sides can alternate call by call."""
+
+    def __init__(self, argv):
+        import subprocess
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline().strip()
+        if line != "ready":
+            self.p.kill()
+            raise RuntimeError(f"{argv[0]}: expected 'ready', got {line!r}")
+
+    def time_ms(self, name="run"):
+        self.p.stdin.write(name + "\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline().strip()
+        try:
+            return float(line)
+        except ValueError:
+            raise RuntimeError(f"serve: {line!r}") from None
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait()
+
+
+def interleaved(ref_fn, ours_fn, pairs, warmup=3):
+    """Times the reference and ours alternately, pair by pair (A B A B ...), so that drift in the machine's load
+    falls on both sides of each pair. ours_fn returns its own milliseconds (a Server's time_ms). Returns a dict:
+    ref and ours medians (ms), and the median, min and max of the per-pair speed ratios ref / ours."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            ref_fn()
+        ref, ours = [], []
+        for _ in range(pairs):
+            t0 = time.perf_counter()
+            ref_fn()
+            ref.append((time.perf_counter() - t0) * 1e3)
+            ours.append(ours_fn())
+    ratios = sorted(r / o for r, o in zip(ref, ours))
+    return {"ref_ms": statistics.median(ref), "ours_ms": statistics.median(ours),
+            "ratio": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1], "pairs": pairs}
