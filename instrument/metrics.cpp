@@ -130,16 +130,15 @@ Metrics compare(const at::Tensor& ours_in, const at::Tensor& ref_in, bool check_
   m.nmse = sq_ref > 0 ? sq_err / sq_ref : (sq_err == 0 ? 0.0 : INFINITY);
   m.cosine = (sq_ref > 0 && sq_ours > 0) ? (af * bf).sum().item<double>() / std::sqrt(sq_ref * sq_ours)
                                          : (sq_err == 0 ? 1.0 : 0.0);
-  {
-    const at::Tensor ac = af - af.mean(), bc = bf - bf.mean();
-    const double cross = (ac * bc).sum().item<double>();
-    const double va = ac.pow(2).sum().item<double>(), vb = bc.pow(2).sum().item<double>();
-    m.pearson = (va > 0 && vb > 0) ? cross / std::sqrt(va * vb) : (sq_err == 0 ? 1.0 : 0.0);
-  }
-
   // Per-row cosine over the last dimension (a "row" is one token / patch for activations).
   const int64_t last = ref_in.dim() > 0 ? ref_in.size(-1) : 1;
   if (last > 0) m.row_cos = row_cosines_finite(af.view({-1, last}), bf.view({-1, last}));
+  // Pearson: af and bf are not needed after this, so they are centred in place.
+  af.sub_(af.mean());
+  bf.sub_(bf.mean());
+  const double cross = (af * bf).sum().item<double>();
+  const double va = af.pow(2).sum().item<double>(), vb = bf.pow(2).sum().item<double>();
+  m.pearson = (va > 0 && vb > 0) ? cross / std::sqrt(va * vb) : (sq_err == 0 ? 1.0 : 0.0);
   if (!m.row_cos.empty()) m.min_row_cos = *std::min_element(m.row_cos.begin(), m.row_cos.end());
   return m;
 }
