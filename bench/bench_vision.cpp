@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
       cos = in("cos");
       sin = in("sin");
       const Weights blk = visual.at("blocks.0");
-      run = [&] { vision::block(blk, x, cu, {cos, sin}, cfg.vision); };
+      run = [&, blk] { vision::block(blk, x, cu, {cos, sin}, cfg.vision); };  // blk by value: it goes out of scope
     } else {
       throw std::runtime_error("mode must be tower or block, got '" + mode + "'");
     }
