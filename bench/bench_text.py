@@ -30,7 +30,7 @@ import torch
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "recordings"))
 import record_reference as rr  # noqa: E402
-from timing import Server, interleaved, machine_line  # noqa: E402
+from timing import Server, interleaved, machine_line, passive_openmp  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.cache_utils import DynamicCache  # noqa: E402
 
@@ -38,6 +38,7 @@ BIN = os.path.join(here, "..", "build", "bench", "qvl_bench_text")
 
 
 def main():
+    passive_openmp()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=10, help="interleaved (transformers, qvl) pairs per case")
     ap.add_argument("--bin", default=BIN, help="the qvl_bench_text binary (default: %(default)s)")

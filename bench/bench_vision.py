@@ -23,7 +23,7 @@ import torch
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "recordings"))
 import record_reference as rr  # noqa: E402
-from timing import Server, interleaved, machine_line  # noqa: E402
+from timing import Server, interleaved, machine_line, passive_openmp  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index  # noqa: E402
 
@@ -42,6 +42,7 @@ def load(model_dir, attn):
 
 
 def main():
+    passive_openmp()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=20, help="interleaved (transformers, qvl) pairs per case")
     ap.add_argument("--binary", default=os.path.join(here, "..", "build", "bench", "qvl_bench_vision"))

@@ -1,5 +1,7 @@
 """Timing shared by the benchmark scripts: warm-up calls, then `reps` timed calls under torch.no_grad()."""
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -18,6 +20,16 @@ def time_ms(fn, reps, warmup=3):
     return statistics.median(ms), min(ms)
 
 
+def passive_openmp():
+    """Interleaved timing keeps two processes alive, each with its OpenMP thread pool. By default an idle pool
+    spins for a while after each parallel region, so on a machine with few cores the side that is waiting
+    takes the CPU from the side being timed. OMP_WAIT_POLICY=PASSIVE makes idle threads sleep; it is read when
+    the OpenMP runtime starts, so this re-executes the script with it set (the C++ server inherits it)."""
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
 def machine_line():
     """The CPU model, ATen's CPU capability and torch's thread count: printed with every figure."""
     model = "unknown CPU"
@@ -30,7 +42,7 @@ def machine_line():
     except OSError:
         pass
     return (f"CPU: {model}; ATen capability {torch.backends.cpu.get_cpu_capability()}; "
-            f"torch threads {torch.get_num_threads()}")
+            f"torch threads {torch.get_num_threads()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
 
 
 class Server:
