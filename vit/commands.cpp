@@ -250,7 +250,10 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
         " resolve (the interval contains 0).\n\n";
   if (!runs.empty()) {
     const json& any = runs.begin()->second.begin()->second;
-    md << "Model: " << any["config"].dump() << "; training: " << any["options"].dump() << "; threads " << any.value("threads", 0)
+    json model = any["config"];  // the shared architecture: the position encoding differs per row
+    model.erase("rope");
+    model.erase("rope_theta");
+    md << "Model (the same for every variant; the position encoding is the row's): " << model.dump() << "; training: " << any["options"].dump() << "; threads " << any.value("threads", 0)
        << ", device " << any.value("device", std::string("cpu")) << ".\n\n";
   }
   for (const auto& m : modes) {

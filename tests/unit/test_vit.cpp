@@ -10,6 +10,7 @@
 #include <zlib.h>
 
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include <cmath>
@@ -475,6 +476,32 @@ TEST(VitCli, HelpAndBadData) {
   auto r = testing::run_qvl("vit train --data /nonexistent/fm --no-progress");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("/nonexistent/fm"), std::string::npos) << r.output;
+}
+
+// A small sweep: one run file per (variant, seed), the tables over them, and a restart that skips the finished
+// runs and leaves their files as they were.
+TEST(VitSweep, WritesRunsAndTablesAndResumes) {
+  REQUIRE_FMNIST();
+  testing::TempDir d;
+  const std::string cmd = " vit sweep --variants none axial --seeds 0 --depth 1 --train-subset 256 --batch 64 --max-steps 2"
+                          " --resolutions 28 36 --threads 1 --no-progress --out " + d.file("vit");
+  auto first = testing::run_qvl(cmd);
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const std::string runs = d.file("vit/runs/fashion_mnist/");
+  ASSERT_TRUE(fs::exists(runs + "none_seed0.json")) << first.output;
+  ASSERT_TRUE(fs::exists(runs + "axial_seed0.json")) << first.output;
+  std::ifstream md_in(d.file("vit/fashion_mnist.md"));
+  const std::string md((std::istreambuf_iterator<char>(md_in)), std::istreambuf_iterator<char>());
+  for (const char* want : {"| none | 1 |", "| axial | 1 |", "36px", "positions `rescale`"})
+    EXPECT_NE(md.find(want), std::string::npos) << want << "\n" << md;
+  // the model line is the shared architecture, not one run's position encoding
+  EXPECT_EQ(md.find("\"rope\":"), std::string::npos) << md;
+  const auto stamp = fs::last_write_time(runs + "axial_seed0.json");
+  auto again = testing::run_qvl(cmd);
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("axial seed 0: done earlier"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("none seed 0: done earlier"), std::string::npos) << again.output;
+  EXPECT_EQ(fs::last_write_time(runs + "axial_seed0.json"), stamp);
 }
 
 // Two processes over loopback (c10d Gloo), each with half of every batch, against one process with the
