@@ -167,6 +167,8 @@ Weights load_weights_any(const std::string& path, ModelConfig* cfg, std::string*
 //   - qvl.weights file: the tree is listed from the HDF5 metadata; a tensor is read (its dataset only) and
 //     cast when asked for.
 // A tied lm_head is a lazy leaf reading the embedding.
+// The freed tensors return to the system only if the allocator does not keep them: with glibc, a process that
+// streams should fix the mmap threshold (mallopt(M_MMAP_THRESHOLD, ...)), as the qvl tool does for --stream.
 struct StreamedWeights {
   Weights weights;
   ModelConfig cfg;

@@ -143,8 +143,11 @@ std::string join_list(const std::vector<std::string>& v) {
 // freed, so later weight tensors come from the heap, and the heap keeps freed memory that it cannot trim past
 // a live block: the peak RSS then grew with depth (measured: +68 MB for 10 extra hidden-512 layers, see
 // StreamRss.PeakDoesNotGrowWithDepth). A fixed threshold keeps every tensor of 128 KiB or more in its own
-// mapping, returned to the system when it is freed.
-void free_large_blocks_to_the_system() { mallopt(M_MMAP_THRESHOLD, 128 * 1024); }
+// mapping, returned to the system when it is freed. check and run both load through here.
+ReplayModel load_for_replay(const std::string& weights_path, const Recording& rec, bool stream) {
+  if (stream) mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+  return load_replay_model(weights_path, rec, stream);
+}
 
 // --- check -----------------------------------------------------------------------------------------
 int cmd_check(const std::string& weights_path, const std::string& recording_path, bool verbose,
@@ -158,8 +161,7 @@ int cmd_check(const std::string& weights_path, const std::string& recording_path
   Recording rec = Recording::open(recording_path);
   // What transformers ran with (overrides included), weights cast as from_pretrained(dtype=...) did; with
   // --stream a lazy tree: each call loads (and casts) only its module's weights and frees them afterwards.
-  if (stream) free_large_blocks_to_the_system();
-  ReplayModel rm = load_replay_model(weights_path, rec, stream);
+  ReplayModel rm = load_for_replay(weights_path, rec, stream);
   rope.apply(rm.config);
   const Weights root = on_gpu ? to_device(rm.weights, dev) : rm.weights;
   ModelConfig cfg = rm.config;
@@ -311,8 +313,7 @@ int cmd_run(bool vision_only, const std::string& weights_path, const std::string
             const std::vector<std::string>& scales, bool stream, const RopeOptions& rope) {
   Recording ref = Recording::open(ref_path);
   // --stream: a lazy tree; the chain loads layer i, runs it and frees it (functional/weights.h, lazy trees).
-  if (stream) free_large_blocks_to_the_system();
-  ReplayModel rm = load_replay_model(weights_path, ref, stream);
+  ReplayModel rm = load_for_replay(weights_path, ref, stream);
   if (stream) std::printf("  streamed:  one decoder layer / vision block in memory at a time\n");
   rope.apply(rm.config);
   Weights& root = rm.weights;

@@ -253,8 +253,9 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
     json model = any["config"];  // the shared architecture: the position encoding differs per row
     model.erase("rope");
     model.erase("rope_theta");
-    md << "Model (the same for every variant; the position encoding is the row's): " << model.dump() << "; training: " << any["options"].dump() << "; threads " << any.value("threads", 0)
-       << ", device " << any.value("device", std::string("cpu")) << ".\n\n";
+    md << "Model (the same for every variant; the position encoding is the row's): " << model.dump()
+       << "; training: " << any["options"].dump() << "; threads " << any.value("threads", 0) << ", device "
+       << any.value("device", std::string("cpu")) << ".\n\n";
   }
   for (const auto& m : modes) {
     md << "## Top-1 (%) by test resolution, positions `" << m << "`\n\n| variant | seeds | rotated |";
