@@ -276,7 +276,6 @@ DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c,
     at::Tensor h = text::text_model(lm, embeds, s.attention_mask, pr.plan, c.text, nullptr, &s.cache);
     s.plan = pr.plan;
     s.plan.positions = pr.last;
-    s.positions = s.plan.positions[s.plan.layer_source[0]];
     s.logits = last_logits(root, h, c);
     return s;
   }
@@ -298,9 +297,9 @@ DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c,
   step.position_ids = at::cat({text_pos.unsqueeze(0), mpos.to(text_pos.device())}, 0);  // [4, B, T]
   step.rope_deltas = s.rope_deltas;
   LMOutput o = lm_forward(root, step, c, rec, &s.cache, /*logits_to_keep=*/1);
-  s.generate_positions = step.position_ids.slice(2, T - 1);  // each step is the previous position + 1
-  s.positions = s.generate_positions.slice(0, 1);
-  s.plan = {{s.positions}, {""}, std::vector<int64_t>(c.text.num_hidden_layers, 0)};
+  at::Tensor last = step.position_ids.slice(2, T - 1);  // [4, B, 1]; each step is the previous position + 1
+  s.text_position = last.slice(0, 0, 1);
+  s.plan = {{last.slice(0, 1)}, {""}, std::vector<int64_t>(c.text.num_hidden_layers, 0)};
   s.logits = o.logits.select(1, 0).to(at::kFloat);
   return s;
 }
@@ -311,16 +310,14 @@ void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, 
   const int64_t B = tokens.size(0);
   // _update_model_kwargs_for_generation: the mask grows by one; positions are the last ones + 1 (all rows)
   s.attention_mask = at::cat({s.attention_mask, at::ones({B, 1}, at::kLong)}, -1);
-  if (s.generate_positions.defined()) {
+  if (s.text_position.defined()) {
     // stock M-RoPE: the model's own step, as generate runs it (the cached rope_deltas ride along as state)
-    s.generate_positions = s.generate_positions + 1;
-    if (positions.defined()) s.generate_positions = at::cat({s.generate_positions.slice(0, 0, 1), positions}, 0);
-    s.positions = s.generate_positions.slice(0, 1);
-    s.plan.positions = {s.positions};
+    s.text_position = s.text_position + 1;
+    s.plan.positions[0] = positions.defined() ? positions : s.plan.positions[0] + 1;
     Inputs step;
     step.input_ids = tokens.unsqueeze(1);  // [B, 1]
     step.attention_mask = s.attention_mask;
-    step.position_ids = s.generate_positions;
+    step.position_ids = at::cat({s.text_position, s.plan.positions[0]}, 0);  // generate's [4, B, 1]
     step.rope_deltas = s.rope_deltas;
     s.logits = lm_forward(root, step, c, rec, &s.cache, /*logits_to_keep=*/1).logits.select(1, 0).to(at::kFloat);
     return;
@@ -329,7 +326,6 @@ void decode_step(const Weights& root, DecodeState& s, const at::Tensor& tokens, 
   // every position source advances by one (its own delta, or the Circle delta under parity_decode)
   for (auto& p : s.plan.positions) p = p + 1;
   if (positions.defined()) s.plan.positions[s.plan.layer_source[0]] = positions;
-  s.positions = s.plan.positions[s.plan.layer_source[0]];
   at::Tensor h = text::text_model(lm, e, s.attention_mask, s.plan, c.text, nullptr, &s.cache);
   s.logits = last_logits(root, h, c);
 }

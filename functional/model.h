@@ -90,13 +90,16 @@ LMOutput lm_forward(const Weights& root, const Inputs& in, const ModelConfig& c,
 struct DecodeState {
   text::KVCache cache;
   at::Tensor attention_mask;  // [B, past + T] int64
-  at::Tensor positions;       // [3, B, 1]: the last token's position on each row (layer 0's source)
-  at::Tensor generate_positions;  // stock M-RoPE: [4, B, 1], the last position_ids generate passed (row 0 text)
-  at::Tensor rope_deltas;         // stock M-RoPE: the model's rope_deltas state [B, 1]
-  at::Tensor logits;          // [B, V] float32 logits of the last position
-  // The rope plan with, per source, the last position; each step advances every source by one. The stock
-  // model has one source (M-RoPE); a Circle/AGE plan (ModelConfig::text_rope) has one or two.
+  // The one position state: the rope plan with, per source, the last token's position [3, B, 1]; each step
+  // advances every source by one. The stock model has one source (M-RoPE); a Circle/AGE plan
+  // (ModelConfig::text_rope) has one or two.
   text::RopePlan plan;
+  // Stock M-RoPE only (undefined on a Circle/AGE plan), what generate carries beside the positions: row 0 of
+  // its 4-row position_ids (the text position of the last token, [1, B, 1]) and the model's rope_deltas
+  // state [B, 1].
+  at::Tensor text_position;
+  at::Tensor rope_deltas;
+  at::Tensor logits;          // [B, V] float32 logits of the last position
 };
 // With `rec`, the stock model records what transformers' generate runs, call for call: its own
 // get_rope_index (root path), then Qwen2_5_VLForConditionalGeneration with the cache, 4-row position_ids
