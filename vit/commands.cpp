@@ -406,8 +406,9 @@ int cmd_sweep() {
                    {"share_of_step", r.train_s > 0 ? rope_s / r.train_s : 0.0}};
       for (const std::string m : {"extend", "rescale"}) {
         for (int64_t rr : res) {
-          // no rotary: the position mode changes nothing (APE is always bicubic-resized), so evaluate once
-          if (m == "rescale" && !c.rope.rotary()) {
+          // The position mode changes nothing without a rotary (APE is always bicubic-resized), nor at the
+          // training size (rescaling by G / G is the identity), so those are evaluated once.
+          if (m == "rescale" && (!c.rope.rotary() || rr == c.image)) {
             j["eval"][m][std::to_string(rr)] = j["eval"]["extend"][std::to_string(rr)];
             continue;
           }
