@@ -111,6 +111,7 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-batch", type=int, default=500)
+    ap.add_argument("--shift", type=int, default=2, help="random shift in pixels (qvl: --shift)")
     ap.add_argument("--flip", action="store_true", help="random horizontal flips (qvl: --flip true)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -143,7 +144,7 @@ def main():
             if step >= total:
                 break
             idx = perm[s * a.batch:(s + 1) * a.batch]
-            x = augment(xtr[idx], gen, flip=a.flip).float().div_(127.5).sub_(1.0)
+            x = augment(xtr[idx], gen, shift=a.shift, flip=a.flip).float().div_(127.5).sub_(1.0)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             opt.zero_grad()
