@@ -41,6 +41,7 @@
 
 #include "converter/convert.h"
 #include "converter/shapes.h"
+#include "functional/error.h"
 #include "instrument/config_json.h"
 
 namespace {
@@ -346,7 +347,7 @@ int main(int argc, char** argv) {
     if (!keep) fs::remove(out);
     if (clean) remove_tree(ckpt);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "qvl_bench_convert: error: %s\n", e.what());
+    std::fprintf(stderr, "qvl_bench_convert: error: %s\n", error_message(e).c_str());
     return 2;
   }
   return 0;

@@ -19,6 +19,7 @@
 
 #include "bench/bench_timing.h"
 #include "converter/convert.h"
+#include "functional/error.h"
 #include "functional/model.h"
 #include "functional/packed_gemm.h"
 #include "functional/text.h"
@@ -136,7 +137,7 @@ int main(int argc, char** argv) {
       throw std::runtime_error("usage: qvl_bench_text generate CKPT REC N REPS | layer CKPT INPUTS.h5 REPS");
     }
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "qvl_bench_text: error: %s\n", e.what());
+    std::fprintf(stderr, "qvl_bench_text: error: %s\n", error_message(e).c_str());
     return 2;
   }
   return 0;

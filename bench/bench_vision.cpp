@@ -13,6 +13,7 @@
 
 #include "bench/bench_timing.h"
 #include "converter/convert.h"
+#include "functional/error.h"
 #include "functional/vision.h"
 #include "instrument/h5io.h"
 
@@ -53,7 +54,7 @@ int main(int argc, char** argv) {
     std::printf("{\"median_ms\": %.4f, \"min_ms\": %.4f, \"threads\": %d}\n", t.median_ms, t.min_ms,
                 at::get_num_threads());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "qvl_bench_vision: error: %s\n", e.what());
+    std::fprintf(stderr, "qvl_bench_vision: error: %s\n", error_message(e).c_str());
     return 2;
   }
   return 0;

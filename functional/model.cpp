@@ -45,10 +45,9 @@ RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& types, c
         const bool video = tp[s] == 2;
         auto& list = video ? videos : images;
         size_t& next = video ? next_video : next_image;
-        if (next >= list.size()) {
-          throw std::runtime_error(std::string("get_rope_index: more ") + (video ? "video" : "image") +
-                                   " token groups than grids in " + (video ? "video_grid_thw" : "image_grid_thw"));
-        }
+        TORCH_CHECK(next < list.size(), "get_rope_index: more ", video ? "video" : "image",
+                    " token groups than grids in ", video ? "video_grid_thw" : "image_grid_thw", " (", list.size(),
+                    " grids)");
         const auto g = list[next++];
         int64_t interval = 1;
         if (video) {
@@ -96,10 +95,8 @@ at::Tensor embed_inputs(const Weights& w, const Inputs& in, const ModelConfig& c
     at::Tensor feats = tower.pooler_output.to(embeds.scalar_type());
     at::Tensor mask = in.input_ids.eq(token_id).unsqueeze(-1);  // [B, T, 1]
     const int64_t n_tokens = mask.sum().item<int64_t>();
-    if (n_tokens * embeds.size(-1) != feats.numel()) {
-      throw std::runtime_error(std::string(what) + " features and " + what + " tokens do not match, tokens: " +
-                               std::to_string(n_tokens) + ", features: " + std::to_string(feats.size(0)));
-    }
+    TORCH_CHECK(n_tokens * embeds.size(-1) == feats.numel(), what, " features and ", what,
+                " tokens do not match, tokens: ", n_tokens, ", features: ", feats.size(0));
     embeds = embeds.masked_scatter(mask, feats);
   };
   merge(in.pixel_values, in.image_grid_thw, c.image_token_id, "Image");
@@ -148,12 +145,11 @@ ModelOutput forward(const Weights& w, const Inputs& in, const ModelConfig& c, Re
   const int64_t past = cache ? cache->length() : 0;
   const bool can_mrope = in.mm_token_type_ids.defined() && (in.image_grid_thw.defined() || in.video_grid_thw.defined());
   if (in.position_ids.defined()) {
-    if (c.text_rope.kind != rope::TextRope::Kind::MRope)
-      throw std::runtime_error("model::forward: explicit position_ids with a Circle-RoPE/AGE plan are not supported");
+    TORCH_CHECK(c.text_rope.kind == rope::TextRope::Kind::MRope,
+                "model::forward: explicit position_ids with a Circle-RoPE/AGE plan are not supported");
     // generate's [4, B, T]: row 0 holds the text positions (HF: packed-sequence masks only), rows 1-3 M-RoPE
-    if (in.position_ids.dim() != 3 || (in.position_ids.size(0) != 3 && in.position_ids.size(0) != 4))
-      throw std::runtime_error("model::forward: position_ids must be [3, B, T] or [4, B, T], got " +
-                               shape_str(in.position_ids.sizes()));
+    TORCH_CHECK(in.position_ids.dim() == 3 && (in.position_ids.size(0) == 3 || in.position_ids.size(0) == 4),
+                "model::forward: position_ids must be [3, B, T] or [4, B, T], got ", in.position_ids.sizes());
     position_ids = mrope_rows(in.position_ids);
   } else if (c.text_rope.kind == rope::TextRope::Kind::MRope && can_mrope && (!in.rope_deltas.defined() || past == 0)) {
     // compute_3d_position_ids: get_rope_index when input_ids, mm_token_type_ids and a grid are present
@@ -212,7 +208,7 @@ PlannedRope plan_rope(const Inputs& in, const at::Tensor& attention_mask, const 
   const int64_t B = in.input_ids.size(0), T = in.input_ids.size(1), L = c.text.num_hidden_layers;
   const std::string prefix = path.empty() ? "" : path + ".";
   PlannedRope out;
-  if (tr.kind == rope::TextRope::Kind::MRope) throw std::runtime_error("model::plan_rope: the stock model has no plan");
+  TORCH_CHECK(tr.kind != rope::TextRope::Kind::MRope, "model::plan_rope: the stock model has no plan");
   rope::circle::TokenIds ids{c.vision_start_token_id, c.image_token_id, c.video_token_id, c.vision.spatial_merge_size,
                              static_cast<double>(c.vision.tokens_per_second)};
   // Circle-RoPE positions: the official walker (rope::circle::get_rope_index)

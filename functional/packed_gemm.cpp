@@ -32,18 +32,13 @@ struct Header {
 
 // The packing and compute calls take int sizes.
 int to_int(int64_t v, const char* what) {
-  if (v < 0 || v > INT32_MAX)
-    throw std::runtime_error(std::string("packed GEMM: ") + what + " " + std::to_string(v) +
-                             " does not fit an int");
+  TORCH_CHECK(v >= 0 && v <= INT32_MAX, "packed GEMM: ", what, " ", v, " does not fit an int");
   return static_cast<int>(v);
 }
 
 void check_float_cpu(const at::Tensor& t, const char* fn, const char* what) {
-  if (t.scalar_type() != at::kFloat || !t.device().is_cpu()) {
-    throw std::runtime_error(std::string("packed::") + fn + ": " + what +
-                             " must be float32 on the CPU, got " +
-                             std::string(c10::toString(t.scalar_type())) + " on " + t.device().str());
-  }
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), "packed::", fn, ": ", what,
+              " must be float32 on the CPU, got ", t.scalar_type(), " on ", t.device());
 }
 }  // namespace
 
@@ -52,13 +47,10 @@ bool available() {
 }
 
 at::Tensor pack(const at::Tensor& weight) {
-  if (!available()) {
-    throw std::runtime_error(
-        "packed::pack: MKL's packed GEMM is not available (this LibTorch exports no "
-        "cblas_sgemm_pack / cblas_sgemm_compute)");
-  }
-  if (weight.dim() != 2)
-    throw std::runtime_error("packed::pack: weight must be [N, K], got " + shape_str(weight.sizes()));
+  TORCH_CHECK(available(),
+              "packed::pack: MKL's packed GEMM is not available (this LibTorch exports no "
+              "cblas_sgemm_pack / cblas_sgemm_compute)");
+  TORCH_CHECK(weight.dim() == 2, "packed::pack: weight must be [N, K], got ", weight.sizes());
   check_float_cpu(weight, "pack", "weight");
   const at::Tensor w = weight.contiguous();
   const int n = to_int(w.size(0), "N"), k = to_int(w.size(1), "K");
@@ -75,31 +67,24 @@ at::Tensor pack(const at::Tensor& weight) {
 }
 
 std::pair<int64_t, int64_t> shape(const at::Tensor& packed) {
-  if (packed.scalar_type() != at::kByte || packed.dim() != 1 || !packed.is_contiguous() ||
-      packed.numel() < kHeader || !packed.device().is_cpu()) {
-    throw std::runtime_error(
-        "packed: not a packed weight (expected a contiguous uint8 CPU tensor from packed::pack), got " +
-        std::string(c10::toString(packed.scalar_type())) + " " + shape_str(packed.sizes()));
-  }
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous() &&
+                  packed.numel() >= kHeader && packed.device().is_cpu(),
+              "packed: not a packed weight (expected a contiguous uint8 CPU tensor of at least ", kHeader,
+              " bytes from packed::pack), got ", packed.scalar_type(), " ", packed.sizes(), " on ", packed.device(),
+              packed.is_contiguous() ? "" : " (not contiguous)");
   Header h;
   std::memcpy(&h, packed.data_ptr<uint8_t>(), sizeof(h));
-  if (h.magic != kMagic)
-    throw std::runtime_error("packed: not a packed weight (no header from packed::pack)");
-  if (h.address != reinterpret_cast<uint64_t>(packed.data_ptr<uint8_t>() + kHeader)) {
-    throw std::runtime_error(
-        "packed: this packed weight was copied or moved after packing (MKL's buffer is only valid "
-        "where it was packed); pack the weight again");
-  }
+  TORCH_CHECK(h.magic == kMagic, "packed: not a packed weight (no header from packed::pack)");
+  TORCH_CHECK(h.address == reinterpret_cast<uint64_t>(packed.data_ptr<uint8_t>() + kHeader),
+              "packed: this packed weight was copied or moved after packing (MKL's buffer is only valid "
+              "where it was packed); pack the weight again");
   return {h.n, h.k};
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias) {
   const auto [N, K] = shape(packed);
   check_float_cpu(x, "linear", "x");
-  if (x.dim() < 1 || x.size(-1) != K) {
-    throw std::runtime_error("packed::linear: x must be [..., " + std::to_string(K) + "], got " +
-                             shape_str(x.sizes()));
-  }
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "packed::linear: x must be [..., ", K, "], got ", x.sizes());
   // 2-D with a unit last stride: read in place with its row stride; otherwise a contiguous [M, K] copy/view
   at::Tensor a = x.dim() == 2 && x.stride(1) == 1 && x.stride(0) >= K ? x : x.contiguous().view({-1, K});
   const int64_t M = a.size(0);
@@ -108,10 +93,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, const at::Tenso
   at::Tensor c = at::empty({M, N}, x.options());
   float beta = 0.0f;
   if (bias.defined()) {
-    if (bias.dim() != 1 || bias.size(0) != N) {
-      throw std::runtime_error("packed::linear: bias must be [" + std::to_string(N) + "], got " +
-                               shape_str(bias.sizes()));
-    }
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == N, "packed::linear: bias must be [", N, "], got ", bias.sizes());
     check_float_cpu(bias, "linear", "bias");
     c.copy_(bias.unsqueeze(0).expand({M, N}));  // C = bias, then C = x B + 1 * C (as addmm)
     beta = 1.0f;

@@ -13,9 +13,7 @@
 namespace qvl::text {
 
 CosSin rotary(const at::Tensor& pos, at::ScalarType dtype, const TextConfig& c, Recorder* rec, const std::string& path) {
-  if (pos.dim() != 3 || pos.size(0) != 3) {
-    throw std::runtime_error("text::rotary: position_ids must be [3, B, T], got " + shape_str(pos.sizes()));
-  }
+  TORCH_CHECK(pos.dim() == 3 && pos.size(0) == 3, "text::rotary: position_ids must be [3, B, T], got ", pos.sizes());
   RecordScope rs(rec, path, "Qwen2_5_VLRotaryEmbedding", [&] { return Value::dict({{"arg1", Value::of(pos)}}); });
   const int64_t Dh = c.head_dim(), B = pos.size(1);
   at::Tensor inv_freq = rope_inv_freq(c.rope_theta, Dh).to(pos.device());
@@ -53,10 +51,8 @@ at::Tensor causal_mask(const at::Tensor& attention_mask, int64_t B, int64_t q_le
   at::Tensor k_idx = at::arange(kv_len, at::kLong).view({1, 1, 1, -1});
   at::Tensor allowed = k_idx.le(q_idx).expand({B, 1, q_len, kv_len});  // causal_mask_function
   if (attention_mask.defined()) {
-    if (attention_mask.dim() != 2 || attention_mask.size(0) != B || attention_mask.size(1) != kv_len) {
-      throw std::runtime_error("text::causal_mask: attention_mask must be [" + std::to_string(B) + ", " +
-                               std::to_string(kv_len) + "], got " + shape_str(attention_mask.sizes()));
-    }
+    TORCH_CHECK(attention_mask.dim() == 2 && attention_mask.size(0) == B && attention_mask.size(1) == kv_len,
+                "text::causal_mask: attention_mask must be [", B, ", ", kv_len, "], got ", attention_mask.sizes());
     allowed = allowed.logical_and(attention_mask.to(at::kBool).view({B, 1, 1, kv_len}));  // padding_mask_function
   }
   // torch.where(mask, torch.tensor(0.0, dtype=dtype), torch.finfo(dtype).min)
@@ -99,10 +95,8 @@ std::pair<at::Tensor, at::Tensor> cache_update(KVCache& cache, int64_t layer, co
 AttentionOutput attention(const Weights& w, const at::Tensor& x, const at::Tensor& mask, const CosSin& rope,
                           const TextConfig& c, Recorder* rec, KVCache* cache, int64_t layer) {
   if (c.fast) return attention_fast(w, x, mask, rope, c, rec, cache, layer);
-  if (x.dim() != 3 || x.size(2) != c.hidden_size) {
-    throw std::runtime_error("text::attention: x must be [B, T, " + std::to_string(c.hidden_size) + "], got " +
-                             shape_str(x.sizes()));
-  }
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == c.hidden_size, "text::attention: x must be [B, T, ", c.hidden_size,
+              "], got ", x.sizes());
   const int64_t B = x.size(0), T = x.size(1), D = c.hidden_size, H = c.num_attention_heads,
                 Hkv = c.num_key_value_heads, Dh = c.head_dim();
   RecordScope rs(rec, w.path(), "Qwen2_5_VLAttention", [&] {
@@ -163,20 +157,16 @@ at::Tensor text_model(const Weights& w, const at::Tensor& embeds, const at::Tens
 
 at::Tensor text_model(const Weights& w, const at::Tensor& embeds, const at::Tensor& attention_mask,
                       const RopePlan& plan, const TextConfig& c, Recorder* rec, KVCache* cache) {
-  if (embeds.dim() != 3 || embeds.size(2) != c.hidden_size) {
-    throw std::runtime_error("text::text_model: inputs_embeds must be [B, T, " + std::to_string(c.hidden_size) +
-                             "], got " + shape_str(embeds.sizes()));
-  }
-  if (plan.positions.empty() || plan.names.size() != plan.positions.size() ||
-      static_cast<int64_t>(plan.layer_source.size()) != c.num_hidden_layers) {
-    throw std::runtime_error("text::text_model: the rope plan needs >= 1 source, one name per source and one source per layer (" +
-                             std::to_string(c.num_hidden_layers) + " layers), got " + std::to_string(plan.positions.size()) +
-                             " sources, " + std::to_string(plan.names.size()) + " names, " +
-                             std::to_string(plan.layer_source.size()) + " layers");
-  }
+  TORCH_CHECK(embeds.dim() == 3 && embeds.size(2) == c.hidden_size, "text::text_model: inputs_embeds must be [B, T, ",
+              c.hidden_size, "], got ", embeds.sizes());
+  TORCH_CHECK(!plan.positions.empty() && plan.names.size() == plan.positions.size() &&
+                  static_cast<int64_t>(plan.layer_source.size()) == c.num_hidden_layers,
+              "text::text_model: the rope plan needs >= 1 source, one name per source and one source per layer (",
+              c.num_hidden_layers, " layers), got ", plan.positions.size(), " sources, ", plan.names.size(), " names, ",
+              plan.layer_source.size(), " layers");
   for (int64_t s : plan.layer_source) {
-    if (s < 0 || s >= static_cast<int64_t>(plan.positions.size()))
-      throw std::runtime_error("text::text_model: rope plan layer source " + std::to_string(s) + " out of range");
+    TORCH_CHECK(s >= 0 && s < static_cast<int64_t>(plan.positions.size()), "text::text_model: rope plan layer source ",
+                s, " out of range: expected [0, ", plan.positions.size(), ")");
   }
   const int64_t B = embeds.size(0), T = embeds.size(1);
   const at::Tensor& position_ids = plan.positions[plan.layer_source[0]];
@@ -227,18 +217,14 @@ Value cache_value(const KVCache& cache, int64_t layers) {
 }
 
 KVCache cache_from_value(const Value& v) {
-  if (v.kind != Value::Kind::Dict || !v.has("keys") || !v.has("values")) {
-    throw std::runtime_error("KV cache: expected a dict with 'keys' and 'values' (a recorded DynamicCache), got " +
-                             v.describe());
-  }
+  TORCH_CHECK(v.kind == Value::Kind::Dict && v.has("keys") && v.has("values"),
+              "KV cache: expected a dict with 'keys' and 'values' (a recorded DynamicCache), got ", v.describe());
   const Value &k = v.at("keys"), &vals = v.at("values");
-  if (k.size() != vals.size())
-    throw std::runtime_error("KV cache: " + std::to_string(k.size()) + " key entries but " +
-                             std::to_string(vals.size()) + " value entries");
+  TORCH_CHECK(k.size() == vals.size(), "KV cache: ", k.size(), " key entries but ", vals.size(), " value entries");
   KVCache out;
   for (size_t i = 0; i < k.size(); ++i) {
-    if (k.at(i).is_none() != vals.at(i).is_none())
-      throw std::runtime_error("KV cache: layer " + std::to_string(i) + " has keys or values but not both");
+    TORCH_CHECK(k.at(i).is_none() == vals.at(i).is_none(), "KV cache: layer ", i, " has ",
+                k.at(i).is_none() ? "values" : "keys", " but not ", k.at(i).is_none() ? "keys" : "values");
     out.keys.push_back(k.at(i).is_none() ? at::Tensor() : k.at(i).as_tensor("cache keys"));
     out.values.push_back(vals.at(i).is_none() ? at::Tensor() : vals.at(i).as_tensor("cache values"));
   }

@@ -63,11 +63,8 @@ bool ends_with_component(const std::string& s, const std::string& tail) {
 }
 
 void require_fused(const Weights& w, const char* fn, const char* key) {
-  if (!w.has(key)) {
-    throw std::runtime_error(std::string("text::") + fn + ": '" + join_path(w.path(), key) +
-                             "' is missing: the fast path (TextConfig::fast) needs weights from "
-                             "text::fuse_projections");
-  }
+  TORCH_CHECK(w.has(key), "text::", fn, ": '", join_path(w.path(), key),
+              "' is missing: the fast path (TextConfig::fast) needs weights from text::fuse_projections");
 }
 
 // x2d [M, in] @ proj.weight^T (+ proj.bias): MKL's packed GEMM on proj.packed with c.fast_packed and enough
@@ -77,11 +74,8 @@ at::Tensor project(const Weights& proj, const at::Tensor& x2d, bool bias, int64_
   const at::Tensor& weight = proj.tensor("weight", {out, in});
   const at::Tensor b = bias ? proj.tensor("bias", {out}) : at::Tensor();
   if (c.fast_packed && x2d.size(0) >= packed::kMinRows) {
-    if (!proj.has("packed")) {
-      throw std::runtime_error(std::string("text::") + fn + ": '" + join_path(proj.path(), "packed") +
-                               "' is missing: TextConfig::fast_packed needs weights from "
-                               "text::fuse_projections(w, /*pack=*/true)");
-    }
+    TORCH_CHECK(proj.has("packed"), "text::", fn, ": '", join_path(proj.path(), "packed"),
+                "' is missing: TextConfig::fast_packed needs weights from text::fuse_projections(w, /*pack=*/true)");
     return packed::linear(x2d, proj.tensor("packed"), b);
   }
   return b.defined() ? at::addmm(b, x2d, weight.t()) : at::mm(x2d, weight.t());
@@ -123,10 +117,8 @@ Weights fuse_projections(const Weights& w, bool pack) {
 AttentionOutput attention_fast(const Weights& w, const at::Tensor& x, const at::Tensor& mask,
                                const CosSin& rope, const TextConfig& c, Recorder* rec, KVCache* cache,
                                int64_t layer) {
-  if (x.dim() != 3 || x.size(2) != c.hidden_size) {
-    throw std::runtime_error("text::attention_fast: x must be [B, T, " + std::to_string(c.hidden_size) +
-                             "], got " + shape_str(x.sizes()));
-  }
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == c.hidden_size, "text::attention_fast: x must be [B, T, ", c.hidden_size,
+              "], got ", x.sizes());
   require_fused(w, "attention_fast", "qkv_proj");
   const int64_t B = x.size(0), T = x.size(1), D = c.hidden_size, H = c.num_attention_heads,
                 Hkv = c.num_key_value_heads, Dh = c.head_dim();

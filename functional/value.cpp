@@ -110,43 +110,38 @@ bool Value::has(const std::string& key) const {
 }
 
 const Value& Value::at(const std::string& key) const {
-  if (kind != Kind::Dict) {
-    throw std::runtime_error("value: cannot look up key '" + key + "' in a " + kind_name(kind));
-  }
+  TORCH_CHECK(kind == Kind::Dict, "value: cannot look up key '", key, "' in a ", kind_name(kind));
   for (size_t j = 0; j < keys.size(); ++j)
     if (keys[j] == key) return items[j];
   std::string all;
   for (const auto& k : keys) all += (all.empty() ? "" : ", ") + k;
-  throw std::runtime_error("value: no key '" + key + "' (keys: " + (all.empty() ? "none" : all) + ")");
+  TORCH_CHECK(false, "value: no key '", key, "' (keys: ", all.empty() ? "none" : all, ")");
 }
 
 const Value& Value::at(size_t index) const {
-  if (kind != Kind::Tuple && kind != Kind::List && kind != Kind::Dict) {
-    throw std::runtime_error("value: cannot index a " + std::string(kind_name(kind)));
-  }
-  if (index >= items.size()) {
-    throw std::runtime_error("value: index " + std::to_string(index) + " out of range for " +
-                             kind_name(kind) + " of size " + std::to_string(items.size()));
-  }
+  TORCH_CHECK(kind == Kind::Tuple || kind == Kind::List || kind == Kind::Dict, "value: cannot index a ",
+              kind_name(kind));
+  TORCH_CHECK(index < items.size(), "value: index ", index, " out of range for ", kind_name(kind), " of size ",
+              items.size());
   return items[index];
 }
 
 const at::Tensor& Value::as_tensor(const std::string& what) const {
-  if (kind != Kind::Tensor) throw std::runtime_error(what + ": expected a tensor, got " + describe());
+  TORCH_CHECK(kind == Kind::Tensor, what, ": expected a tensor, got ", describe());
   return tensor;
 }
 
 int64_t Value::as_int(const std::string& what) const {
   if (kind == Kind::Int) return i;
   if (kind == Kind::Tensor && tensor.numel() == 1 && !tensor.is_floating_point()) return tensor.item<int64_t>();
-  throw std::runtime_error(what + ": expected an int, got " + describe());
+  TORCH_CHECK(false, what, ": expected an int, got ", describe());
 }
 
 double Value::as_float(const std::string& what) const {
   if (kind == Kind::Float) return f;
   if (kind == Kind::Int) return static_cast<double>(i);
   if (kind == Kind::Tensor && tensor.numel() == 1) return tensor.item<double>();
-  throw std::runtime_error(what + ": expected a float, got " + describe());
+  TORCH_CHECK(false, what, ": expected a float, got ", describe());
 }
 
 std::vector<std::pair<std::string, at::Tensor>> Value::tensors(const std::string& prefix) const {

@@ -2,7 +2,6 @@
 
 #include <array>
 #include <cmath>
-#include <sstream>
 
 #include "functional/cuda/fused.h"
 #include "functional/mlp.h"
@@ -14,12 +13,8 @@ namespace qvl::vision {
 at::Tensor patch_embed(const Weights& w, const at::Tensor& pixel_values, const VisionConfig& c, Recorder* rec) {
   const int64_t C = c.in_channels, Tp = c.temporal_patch_size, P = c.patch_size;
   const at::Tensor& weight = w.tensor("proj.weight", {c.hidden_size, C, Tp, P, P});
-  if (pixel_values.dim() != 2 || pixel_values.size(1) != c.patch_dim()) {
-    std::ostringstream os;
-    os << "patch_embed: pixel_values must be [S, " << c.patch_dim() << "] (C*T_p*P*P), got "
-       << shape_str(pixel_values.sizes());
-    throw std::runtime_error(os.str());
-  }
+  TORCH_CHECK(pixel_values.dim() == 2 && pixel_values.size(1) == c.patch_dim(), "patch_embed: pixel_values must be [S, ",
+              c.patch_dim(), "] (C*T_p*P*P), got ", pixel_values.sizes());
   RecordScope rs(rec, w.path(), "Qwen2_5_VisionPatchEmbed",
                  [&] { return Value::dict({{"arg0", Value::of(pixel_values)}}); });
   // hidden_states.view(-1, in_channels, temporal_patch_size, patch_size, patch_size).to(proj.weight.dtype)
@@ -34,12 +29,8 @@ at::Tensor patch_embed(const Weights& w, const at::Tensor& pixel_values, const V
 at::Tensor patch_merger(const Weights& w, const at::Tensor& x, const VisionConfig& c, Recorder* rec) {
   const int64_t unit = c.spatial_merge_size * c.spatial_merge_size;
   const int64_t Dm = c.hidden_size * unit;  // self.hidden_size = context_dim * spatial_merge_size**2
-  if (x.dim() != 2 || x.size(1) != c.hidden_size || x.size(0) % unit != 0) {
-    std::ostringstream os;
-    os << "patch_merger: x must be [S, " << c.hidden_size << "] with S a multiple of " << unit << ", got "
-       << shape_str(x.sizes());
-    throw std::runtime_error(os.str());
-  }
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == c.hidden_size && x.size(0) % unit == 0, "patch_merger: x must be [S, ",
+              c.hidden_size, "] with S a multiple of ", unit, ", got ", x.sizes());
   RecordScope rs(rec, w.path(), "Qwen2_5_VLPatchMerger", [&] { return Value::dict({{"arg0", Value::of(x)}}); });
   // x = self.mlp(self.ln_q(x).view(-1, self.hidden_size))
   at::Tensor h = rms_norm(w.at("ln_q"), x, c.rms_norm_eps, rec, c.fused).view({-1, Dm});  // [S/4, 4*C_v]
@@ -55,9 +46,7 @@ at::Tensor patch_merger(const Weights& w, const at::Tensor& x, const VisionConfi
 namespace qvl::vision {
 namespace {
 std::vector<std::array<int64_t, 3>> grids(const at::Tensor& grid_thw, const char* fn) {
-  if (grid_thw.dim() != 2 || grid_thw.size(1) != 3) {
-    throw std::runtime_error(std::string(fn) + ": grid_thw must be [G, 3], got " + shape_str(grid_thw.sizes()));
-  }
+  TORCH_CHECK(grid_thw.dim() == 2 && grid_thw.size(1) == 3, fn, ": grid_thw must be [G, 3], got ", grid_thw.sizes());
   at::Tensor g = grid_thw.to(at::kCPU).to(at::kLong).contiguous();
   const int64_t* p = g.data_ptr<int64_t>();
   std::vector<std::array<int64_t, 3>> out;
@@ -83,7 +72,7 @@ at::Tensor position_ids(const at::Tensor& grid_thw, int64_t m) {
   std::vector<at::Tensor> parts;
   for (const auto& g : grids(grid_thw, "vision::position_ids")) {
     const int64_t t = g[0], h = g[1], w = g[2];
-    if (h % m || w % m) throw std::runtime_error("vision::position_ids: grid " + grid_str(g) + " is not divisible by merge size " + std::to_string(m));
+    TORCH_CHECK(h % m == 0 && w % m == 0, "vision::position_ids: grid ", grid_str(g), " is not divisible by merge size ", m);
     // hpos_ids, wpos_ids = meshgrid(arange(h), arange(w), indexing="ij")
     at::Tensor hpos = at::arange(h, opts).unsqueeze(1).expand({h, w});
     at::Tensor wpos = at::arange(w, opts).unsqueeze(0).expand({h, w});
@@ -106,7 +95,8 @@ at::Tensor cu_seqlens(const at::Tensor& grid_thw) {
 
 WindowIndex window_index(const at::Tensor& grid_thw, int64_t m, int64_t window_size, int64_t patch_size) {
   const int64_t ws = window_size / m / patch_size;  // vit_merger_window_size, in merged tokens
-  if (ws < 1) throw std::runtime_error("vision::window_index: window_size " + std::to_string(window_size) + " is smaller than one merged token");
+  TORCH_CHECK(ws >= 1, "vision::window_index: window_size ", window_size, " is smaller than one merged token (",
+              m * patch_size, " pixels)");
   const int64_t unit = m * m;
   std::vector<at::Tensor> index_parts;
   std::vector<int64_t> cu = {0};
@@ -133,7 +123,7 @@ WindowIndex window_index(const at::Tensor& grid_thw, int64_t m, int64_t window_s
 }
 
 CosSin rotary(const at::Tensor& pos, const VisionConfig& c, Recorder* rec, const std::string& path) {
-  if (pos.dim() != 2 || pos.size(1) != 2) throw std::runtime_error("vision::rotary: position_ids must be [S, 2], got " + shape_str(pos.sizes()));
+  TORCH_CHECK(pos.dim() == 2 && pos.size(1) == 2, "vision::rotary: position_ids must be [S, 2], got ", pos.sizes());
   RecordScope rs(rec, path, "Qwen2_5_VLVisionRotaryEmbedding", [&] {
     return Value::dict({{"arg1", Value::of(pos)}});
   });
@@ -172,12 +162,11 @@ std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb_vision(const at::Tensor& 
 at::Tensor attention(const Weights& w, const at::Tensor& x, const at::Tensor& cu, const CosSin& rope,
                      const VisionConfig& c, Recorder* rec) {
   const int64_t S = x.size(0), C = c.hidden_size, H = c.num_heads, Dh = c.head_dim();
-  if (x.dim() != 2 || x.size(1) != C) throw std::runtime_error("vision::attention: x must be [S, " + std::to_string(C) + "], got " + shape_str(x.sizes()));
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == C, "vision::attention: x must be [S, ", C, "], got ", x.sizes());
   at::Tensor cu_l = cu.to(at::kCPU).to(at::kLong).contiguous();
   const int64_t* cp = cu_l.data_ptr<int64_t>();
-  if (cu_l.dim() != 1 || cu_l.numel() < 2 || cp[0] != 0 || cp[cu_l.numel() - 1] != S) {
-    throw std::runtime_error("vision::attention: cu_seqlens must run from 0 to S = " + std::to_string(S) + ", got " + shape_str(cu.sizes()));
-  }
+  TORCH_CHECK(cu_l.dim() == 1 && cu_l.numel() >= 2 && cp[0] == 0 && cp[cu_l.numel() - 1] == S,
+              "vision::attention: cu_seqlens must run from 0 to S = ", S, ", got ", cu.sizes());
   RecordScope rs(rec, w.path(), "Qwen2_5_VLVisionAttention", [&] {
     return Value::dict({{"arg0", Value::of(x)}, {"cu_seqlens", Value::of(cu)},
                         {"position_embeddings", Value::tuple({Value::of(rope.cos), Value::of(rope.sin)})}});
@@ -261,9 +250,7 @@ TowerOutput transformer(const Weights& w, const at::Tensor& pixel_values, const 
 
   at::Tensor h = patch_embed(w.at("patch_embed"), pixel_values, c, rec);  // [S, C_v]
   const int64_t S = h.size(0);
-  if (S != pos.size(0)) {
-    throw std::runtime_error("vision::transformer: pixel_values has " + std::to_string(S) + " patches but grid_thw gives " + std::to_string(pos.size(0)));
-  }
+  TORCH_CHECK(S == pos.size(0), "vision::transformer: pixel_values has ", S, " patches but grid_thw gives ", pos.size(0));
   // permute_input_for_window_attn: reshape(S/unit, unit, -1)[window_index].reshape(S, -1)
   // (trailing dims kept, so a per-head table [S, H, Dh] is permuted the same way)
   auto permute = [&](const at::Tensor& t) { return t.reshape({S / unit, unit, -1}).index_select(0, win.window_index).reshape(t.sizes()); };
@@ -282,12 +269,10 @@ TowerOutput transformer(const Weights& w, const at::Tensor& pixel_values, const 
       const bool shape_ok = r.cos.defined() && r.sin.defined() && r.cos.sizes() == r.sin.sizes() &&
                             r.cos.size(0) == S && r.cos.size(-1) == Dh &&
                             (r.cos.dim() == 2 || (r.cos.dim() == 3 && r.cos.size(1) == c.num_heads));
-      if (!shape_ok) {
-        throw std::runtime_error("vision::transformer: rope '" + vrope->name + "' built cos " +
-                                 (r.cos.defined() ? shape_str(r.cos.sizes()) : std::string("(undefined)")) +
-                                 ", expected [" + std::to_string(S) + ", " + std::to_string(Dh) + "] or [" +
-                                 std::to_string(S) + ", " + std::to_string(c.num_heads) + ", " + std::to_string(Dh) + "]");
-      }
+      TORCH_CHECK(shape_ok, "vision::transformer: rope '", vrope->name, "' built cos ",
+                  r.cos.defined() ? shape_str(r.cos.sizes()) : std::string("(undefined)"), " and sin ",
+                  r.sin.defined() ? shape_str(r.sin.sizes()) : std::string("(undefined)"), ", expected [", S, ", ", Dh,
+                  "] or [", S, ", ", c.num_heads, ", ", Dh, "] (both the same)");
       rr.done(Value::tuple({Value::of(r.cos), Value::of(r.sin)}));
       ropes.push_back(r);
     }

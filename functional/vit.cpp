@@ -100,11 +100,11 @@ VitRope parse_rope(const std::string& spec) {
   } else if (spec.rfind("block:", 0) == 0) {
     r.kind = VitRope::Kind::Block;
     r.n = number(spec.substr(6));
-    if (r.n < 2) throw std::runtime_error("vit rope '" + spec + "': block size must be >= 2");
+    TORCH_CHECK(r.n >= 2, "vit rope '", spec, "': block size must be >= 2, got ", r.n);
   } else if (spec.rfind("spiral:", 0) == 0) {
     r.kind = VitRope::Kind::Spiral;
     r.n = number(spec.substr(7));
-    if (r.n < 2 || r.n % 2 != 0) throw std::runtime_error("vit rope '" + spec + "': K directions must be even and >= 2");
+    TORCH_CHECK(r.n >= 2 && r.n % 2 == 0, "vit rope '", spec, "': K directions must be even and >= 2, got ", r.n);
   } else {
     throw std::runtime_error("unknown vit rope '" + spec +
                              "' (known: none, ape, axial, axial-matrix, mixed, block:N, spiral:K, ape+axial)");
@@ -113,26 +113,27 @@ VitRope parse_rope(const std::string& spec) {
 }
 
 void VitConfig::validate() const {
-  auto fail = [](const std::string& m) { throw std::runtime_error("vit config: " + m); };
-  if (image <= 0 || patch <= 0 || image % patch != 0)
-    fail("image " + std::to_string(image) + " must be a positive multiple of patch " + std::to_string(patch));
-  if (channels <= 0 || depth <= 0 || heads <= 0 || width <= 0 || mlp_ratio <= 0 || classes <= 1)
-    fail("channels, depth, heads, width and mlp_ratio must be positive and classes >= 2");
-  if (width % heads != 0) fail("width " + std::to_string(width) + " must be a multiple of heads " + std::to_string(heads));
+  TORCH_CHECK(image > 0 && patch > 0 && image % patch == 0, "vit config: image ", image,
+              " must be a positive multiple of patch ", patch);
+  TORCH_CHECK(channels > 0 && depth > 0 && heads > 0 && width > 0 && mlp_ratio > 0 && classes > 1,
+              "vit config: channels, depth, heads, width and mlp_ratio must be positive and classes >= 2, got channels ",
+              channels, ", depth ", depth, ", heads ", heads, ", width ", width, ", mlp_ratio ", mlp_ratio,
+              ", classes ", classes);
+  TORCH_CHECK(width % heads == 0, "vit config: width ", width, " must be a multiple of heads ", heads);
   const int64_t D = head_dim();
   switch (rope.kind) {
     case VitRope::Kind::Axial:
     case VitRope::Kind::AxialMatrix:
     case VitRope::Kind::ApeAxial:
     case VitRope::Kind::Mixed:
-      if (D % 4 != 0) fail("rope " + rope.spec() + " needs head dim % 4 == 0, got " + std::to_string(D));
+      TORCH_CHECK(D % 4 == 0, "vit config: rope ", rope.spec(), " needs head dim % 4 == 0, got ", D);
       break;
     case VitRope::Kind::Block:
-      if (D < 2 * rope.n) fail("rope " + rope.spec() + " needs head dim >= 2N, got " + std::to_string(D));
+      TORCH_CHECK(D >= 2 * rope.n, "vit config: rope ", rope.spec(), " needs head dim >= 2N = ", 2 * rope.n, ", got ", D);
       break;
     case VitRope::Kind::Spiral:
-      if (D % (2 * rope.n) != 0 || D % 4 != 0)
-        fail("rope " + rope.spec() + " needs head dim divisible by 2K and 4, got " + std::to_string(D));
+      TORCH_CHECK(D % (2 * rope.n) == 0 && D % 4 == 0, "vit config: rope ", rope.spec(),
+                  " needs head dim divisible by 2K = ", 2 * rope.n, " and 4, got ", D);
       break;
     default: break;
   }
@@ -152,7 +153,8 @@ VitConfig VitConfig::from_json(const std::string& text) {
   } catch (const std::exception& e) {
     throw std::runtime_error(std::string("vit config: not JSON: ") + e.what());
   }
-  if (j.value("model_type", "") != "qvl_vit") throw std::runtime_error("vit config: model_type is not qvl_vit");
+  const std::string model_type = j.is_object() ? j.value("model_type", "") : "";
+  TORCH_CHECK(model_type == "qvl_vit", "vit config: model_type must be qvl_vit, got '", model_type, "'");
   VitConfig c;
   try {
     c.image = j.at("image");
@@ -229,8 +231,8 @@ Weights init(const VitConfig& c, uint64_t seed) {
 }
 
 RopeTables rope_tables_at(const Weights& w, const VitConfig& c, const at::Tensor& pos_xy, int64_t grid_h, int64_t grid_w) {
-  if (pos_xy.dim() != 2 || pos_xy.size(1) != 2)
-    throw std::runtime_error("vit::rope_tables_at: positions must be [M, 2] (x, y), got " + shape_str(pos_xy.sizes()));
+  TORCH_CHECK(pos_xy.dim() == 2 && pos_xy.size(1) == 2, "vit::rope_tables_at: positions must be [M, 2] (x, y), got ",
+              pos_xy.sizes());
   RopeTables t;
   t.gh = grid_h;
   t.gw = grid_w;
@@ -272,9 +274,8 @@ RopeTables rope_tables(const Weights& w, const VitConfig& c, int64_t gh, int64_t
   const int64_t G = c.grid();
   if (c.rope.kind == VitRope::Kind::Spiral) {
     // Spiral rescales through its own rule: t = r / n * pt_seq_len with pt_seq_len = G (square grids)
-    if (mode == Positions::Rescale && gh != gw)
-      throw std::runtime_error("vit spiral rope: --positions rescale needs a square grid, got " + std::to_string(gh) +
-                               "x" + std::to_string(gw));
+    TORCH_CHECK(mode != Positions::Rescale || gh == gw,
+                "vit spiral rope: --positions rescale needs a square grid, got ", gh, "x", gw);
     rope::SpiralConfig sc = spiral_config(c, mode == Positions::Rescale && gh != G ? G : 0);
     at::Tensor r = at::arange(gh, at::kLong), col = at::arange(gw, at::kLong);
     at::Tensor rc = at::stack({r.repeat_interleave(gw), col.repeat({gh})}, 1);
@@ -309,9 +310,8 @@ at::Tensor apply_rope(const VitConfig& c, const RopeTables& t, int64_t layer, co
 }
 
 at::Tensor resize_pos_embed(const at::Tensor& pos_embed, int64_t grid, int64_t gh, int64_t gw) {
-  if (pos_embed.dim() != 3 || pos_embed.size(1) != grid * grid)
-    throw std::runtime_error("vit: pos_embed must be [1, " + std::to_string(grid * grid) + ", W], got " +
-                             shape_str(pos_embed.sizes()));
+  TORCH_CHECK(pos_embed.dim() == 3 && pos_embed.size(1) == grid * grid, "vit: pos_embed must be [1, ", grid * grid,
+              ", W], got ", pos_embed.sizes());
   if (gh == grid && gw == grid) return pos_embed;
   const int64_t W = pos_embed.size(2);
   at::Tensor p = pos_embed.reshape({1, grid, grid, W}).permute({0, 3, 1, 2});
@@ -331,9 +331,10 @@ at::Tensor attention_logits(const Weights& w, const VitConfig& c, int64_t layer,
 
 at::Tensor forward(const Weights& w, const VitConfig& c, const at::Tensor& images, Positions mode,
                    const RopeTables& tables_in, RopeTimer* timer) {
-  if (images.dim() != 4 || images.size(1) != c.channels || images.size(2) % c.patch != 0 || images.size(3) % c.patch != 0)
-    throw std::runtime_error("vit::forward: images must be [B, " + std::to_string(c.channels) + ", H, W] with H, W multiples of " +
-                             std::to_string(c.patch) + ", got " + shape_str(images.sizes()));
+  TORCH_CHECK(images.dim() == 4 && images.size(1) == c.channels && images.size(2) % c.patch == 0 &&
+                  images.size(3) % c.patch == 0,
+              "vit::forward: images must be [B, ", c.channels, ", H, W] with H, W multiples of ", c.patch, ", got ",
+              images.sizes());
   const int64_t B = images.size(0), p = c.patch, gh = images.size(2) / p, gw = images.size(3) / p, T0 = gh * gw;
   const int64_t W = c.width, H = c.heads, D = c.head_dim();
   // patches [B, T, C*p*p]: (C, ph, pw) inside a patch, as a stride-p convolution's weight [W, C, p, p] flattens
@@ -346,9 +347,8 @@ at::Tensor forward(const Weights& w, const VitConfig& c, const at::Tensor& image
     Stopwatch sw(timer ? &timer->build_s : nullptr);
     tables = rope_tables(w, c, gh, gw, mode);
   }
-  if (c.rope.rotary() && (tables.gh != gh || tables.gw != gw))
-    throw std::runtime_error("vit::forward: rope tables are for a " + std::to_string(tables.gh) + "x" + std::to_string(tables.gw) +
-                             " grid, images give " + std::to_string(gh) + "x" + std::to_string(gw));
+  TORCH_CHECK(!c.rope.rotary() || (tables.gh == gh && tables.gw == gw), "vit::forward: rope tables are for a ",
+              tables.gh, "x", tables.gw, " grid, images give ", gh, "x", gw);
   const int64_t T = x.size(1);
   const Weights blocks = w.at("blocks");
   for (int64_t l = 0; l < c.depth; ++l) {

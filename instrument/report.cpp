@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "functional/error.h"
 #include "instrument/h5io.h"
 #include "instrument/thresholds.h"
 
@@ -115,7 +116,7 @@ std::string rule_text(const std::string& dtype) {
     return "pearson >= " + fmt("%.5f", th.min_pearson) + ", max_rel <= " + fmt("%.0e", th.max_rel) +
            ", min row cosine >= " + fmt("%.5f", th.min_row_cos) + "; integers exact";
   } catch (const std::exception& e) {
-    return std::string("no rule: ") + e.what();
+    return "no rule: " + error_message(e);
   }
 }
 
@@ -318,7 +319,7 @@ void add_context(const Recording& rec, const std::vector<int64_t>& index_of, Inp
       if (ids.dim() != 2) continue;
       for (int64_t b = 0; b < ids.size(0); ++b) in.input_ids.push_back(to_vec(ids[b]));
     } catch (const std::exception& e) {
-      notes.push_back(std::string("token ids: ") + e.what());
+      notes.push_back("token ids: " + error_message(e));
     }
   }
   // Vision passes of the forward pass: grids, window order and block calls (by parent link).
@@ -337,7 +338,7 @@ void add_context(const Recording& rec, const std::vector<int64_t>& index_of, Inp
         if (calls[j].module_class == "Qwen2_5_VLVisionBlock" && index_of[j] >= 0) p.block_calls.push_back(index_of[j]);
       }
     } catch (const std::exception& e) {
-      notes.push_back("vision tower call " + h.group + ": " + e.what());
+      notes.push_back("vision tower call " + h.group + ": " + error_message(e));
       continue;
     }
     in.vision.push_back(std::move(p));
@@ -698,7 +699,7 @@ std::string patch_section(const Input& in) {
     try {
       pos = patch_positions(p.grids, p.window_index, in.merge);
     } catch (const std::exception& e) {
-      os << "<p class=\"muted\">vision pass " << pi << ": " << escape(e.what()) << "</p>";
+      os << "<p class=\"muted\">vision pass " << pi << ": " << escape(error_message(e)) << "</p>";
       continue;
     }
     for (size_t img = 0; img < p.grids.size(); ++img) {

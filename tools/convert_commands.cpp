@@ -13,6 +13,7 @@
 
 #include "converter/convert.h"
 #include "converter/safetensors.h"
+#include "functional/error.h"
 #include "instrument/config_json.h"
 #include "instrument/h5io.h"
 #include "instrument/recording.h"
@@ -75,7 +76,7 @@ std::string config_summary(const std::string& json_text, const std::string& sour
            std::to_string(c.text.num_key_value_heads) + ", vocab " + std::to_string(c.text.vocab_size) +
            "; tie_word_embeddings " + (c.text.tie_word_embeddings ? "true" : "false");
   } catch (const std::exception& e) {
-    return std::string("unreadable (") + e.what() + ")";
+    return "unreadable (" + error_message(e) + ")";
   }
 }
 }  // namespace
@@ -246,7 +247,7 @@ int run_inspect(const std::string& path, std::FILE* out) {
                    oc.key_layout.c_str());
       for (const auto& n : oc.notes) std::fprintf(out, "  note: %s\n", n.c_str());
     } catch (const std::exception& e) {
-      std::fprintf(out, "check: FAILED: %s\n", e.what());
+      std::fprintf(out, "check: FAILED: %s\n", error_message(e).c_str());
       return 1;
     }
     return 0;

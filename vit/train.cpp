@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "functional/error.h"
 #include "instrument/h5io.h"
 #include "vit/progress.h"
 
@@ -248,7 +249,7 @@ LoadedModel load_model(const std::string& path) {
   try {
     m.config = VitConfig::from_json(it->second);
   } catch (const std::exception& e) {
-    throw std::runtime_error("'" + path + "': vit_config: " + e.what());
+    throw std::runtime_error("'" + path + "': vit_config: " + error_message(e));
   }
   m.weights = f.weights;
   // every parameter the config needs, with its shape

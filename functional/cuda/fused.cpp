@@ -3,7 +3,6 @@
 #include "functional/cuda/fused.h"
 
 #include <optional>
-#include <sstream>
 #include <stdexcept>
 
 #include <c10/cuda/CUDAGuard.h>
@@ -21,7 +20,8 @@ namespace {
 }
 
 std::vector<float> host_floats(const at::Tensor& t, const char* fn, const char* what) {
-  if (!t.defined() || t.dim() != 1) fail(fn, std::string(what) + " must be a 1-D tensor");
+  TORCH_CHECK(t.defined() && t.dim() == 1, "qvl::cuda::", fn, ": ", what, " must be a 1-D tensor, got ",
+              t.defined() ? shape_str(t.sizes()) : std::string("undefined"));
   at::Tensor c = t.to(at::kCPU).to(at::kFloat).contiguous();
   return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
 }
@@ -35,10 +35,8 @@ RopeAngles position_angles(const at::Tensor& positions, std::vector<float> freq,
 }
 
 void check_positions(const at::Tensor& p, int64_t rows, const char* fn) {
-  if (!p.defined() || p.dim() != 3 || p.size(0) != rows) {
-    fail(fn, "positions must be [" + std::to_string(rows) + ", B, L], got " +
-                 (p.defined() ? shape_str(p.sizes()) : std::string("undefined")));
-  }
+  TORCH_CHECK(p.defined() && p.dim() == 3 && p.size(0) == rows, "qvl::cuda::", fn, ": positions must be [", rows,
+              ", B, L], got ", p.defined() ? shape_str(p.sizes()) : std::string("undefined"));
 }
 
 detail::DType kernel_dtype(at::ScalarType t) {
@@ -83,14 +81,15 @@ std::string unavailable_reason() {
 std::vector<uint8_t> mrope_chunked_rows(const std::vector<int64_t>& section) {
   std::vector<uint8_t> rows;
   for (size_t i = 0; i < section.size(); ++i) {
-    if (section[i] < 0) fail("mrope_chunked_rows", "negative section size " + std::to_string(section[i]));
+    TORCH_CHECK(section[i] >= 0, "qvl::cuda::mrope_chunked_rows: negative section size ", section[i]);
     rows.insert(rows.end(), static_cast<size_t>(section[i]), static_cast<uint8_t>(i % 3));
   }
   return rows;
 }
 
 std::vector<uint8_t> mrope_interleaved_rows(const std::vector<int64_t>& section, int64_t half) {
-  if (section.size() != 3) fail("mrope_interleaved_rows", "mrope_section must have 3 entries (T, H, W), got " + std::to_string(section.size()));
+  TORCH_CHECK(section.size() == 3, "qvl::cuda::mrope_interleaved_rows: mrope_section must have 3 entries (T, H, W), got ",
+              section.size());
   // freqs_thw = freq[0]; for dim, offset in ((1, 1), (2, 2)): freqs_thw[..., offset:3*section[dim]:3] = freq[dim]
   std::vector<uint8_t> rows(static_cast<size_t>(half), 0);
   for (int dim = 1; dim <= 2; ++dim)
@@ -99,11 +98,10 @@ std::vector<uint8_t> mrope_interleaved_rows(const std::vector<int64_t>& section,
 }
 
 RopeAngles rope_tables(const at::Tensor& cos, const at::Tensor& sin) {
-  if (!cos.defined() || !sin.defined() || cos.sizes() != sin.sizes() || cos.dim() < 2 || cos.dim() > 3) {
-    fail("rope_tables", "cos and sin must both be [S, D] or [B, L, D], got " +
-                            (cos.defined() ? shape_str(cos.sizes()) : "undefined") + " and " +
-                            (sin.defined() ? shape_str(sin.sizes()) : "undefined"));
-  }
+  TORCH_CHECK(cos.defined() && sin.defined() && cos.sizes() == sin.sizes() && cos.dim() >= 2 && cos.dim() <= 3,
+              "qvl::cuda::rope_tables: cos and sin must both be [S, D] or [B, L, D], got ",
+              cos.defined() ? shape_str(cos.sizes()) : "undefined", " and ",
+              sin.defined() ? shape_str(sin.sizes()) : "undefined");
   RopeAngles a;
   auto prep = [](const at::Tensor& t) {
     at::Tensor f = (t.dim() == 2 ? t.unsqueeze(0) : t).to(at::kFloat);  // exact upcast
@@ -116,7 +114,8 @@ RopeAngles rope_tables(const at::Tensor& cos, const at::Tensor& sin) {
 }
 
 RopeAngles rope_1d(const at::Tensor& positions, const at::Tensor& inv_freq) {
-  if (!positions.defined() || positions.dim() != 2) fail("rope_1d", "positions must be [B, L]");
+  TORCH_CHECK(positions.defined() && positions.dim() == 2, "qvl::cuda::rope_1d: positions must be [B, L], got ",
+              positions.defined() ? shape_str(positions.sizes()) : "undefined");
   std::vector<float> f = host_floats(inv_freq, "rope_1d", "inv_freq");
   std::vector<uint8_t> r(f.size(), 0);
   return position_angles(positions.unsqueeze(0), std::move(f), std::move(r));
@@ -127,10 +126,8 @@ RopeAngles rope_mrope_chunked(const at::Tensor& positions, const at::Tensor& inv
   check_positions(positions, 3, "rope_mrope_chunked");
   std::vector<float> f = host_floats(inv_freq, "rope_mrope_chunked", "inv_freq");
   std::vector<uint8_t> r = mrope_chunked_rows(section);
-  if (r.size() != f.size()) {
-    fail("rope_mrope_chunked", "mrope_section sums to " + std::to_string(r.size()) + " but inv_freq has " +
-                                   std::to_string(f.size()) + " frequencies (head_dim / 2)");
-  }
+  TORCH_CHECK(r.size() == f.size(), "qvl::cuda::rope_mrope_chunked: mrope_section sums to ", r.size(),
+              " but inv_freq has ", f.size(), " frequencies (head_dim / 2)");
   return position_angles(positions, std::move(f), std::move(r));
 }
 
@@ -143,10 +140,9 @@ RopeAngles rope_mrope_interleaved(const at::Tensor& positions, const at::Tensor&
 }
 
 RopeAngles rope_vision_2d(const at::Tensor& position_ids, const at::Tensor& inv_freq) {
-  if (!position_ids.defined() || position_ids.dim() != 2 || position_ids.size(1) != 2) {
-    fail("rope_vision_2d", "position_ids must be [S, 2] (h, w), got " +
-                               (position_ids.defined() ? shape_str(position_ids.sizes()) : "undefined"));
-  }
+  TORCH_CHECK(position_ids.defined() && position_ids.dim() == 2 && position_ids.size(1) == 2,
+              "qvl::cuda::rope_vision_2d: position_ids must be [S, 2] (h, w), got ",
+              position_ids.defined() ? shape_str(position_ids.sizes()) : "undefined");
   std::vector<float> q = host_floats(inv_freq, "rope_vision_2d", "inv_freq");
   // cat([h * inv, w * inv]): pairs [0, Dh/4) from row h, [Dh/4, Dh/2) from row w
   std::vector<float> f = q;
@@ -158,10 +154,9 @@ RopeAngles rope_vision_2d(const at::Tensor& position_ids, const at::Tensor& inv_
 
 RopeAngles rope_circle(const at::Tensor& positions, const at::Tensor& inv_freq, const std::vector<int64_t>& section) {
   check_positions(positions, 3, "rope_circle");
-  if (positions.scalar_type() != at::kFloat) {
-    fail("rope_circle", "Circle-RoPE positions are float32 (CircleRoPE get_rope_index), got " +
-                            std::string(c10::toString(positions.scalar_type())));
-  }
+  TORCH_CHECK(positions.scalar_type() == at::kFloat,
+              "qvl::cuda::rope_circle: Circle-RoPE positions are float32 (CircleRoPE get_rope_index), got ",
+              positions.scalar_type());
   return rope_mrope_chunked(positions, inv_freq, section);
 }
 
@@ -170,20 +165,22 @@ RopeAngles rope_circle(const at::Tensor& positions, const at::Tensor& inv_freq, 
 std::pair<at::Tensor, at::Tensor> rope_apply(const at::Tensor& q, const at::Tensor& k, const RopeAngles& a,
                                              bool in_place) {
   const char* fn = "rope_apply";
-  if (!q.defined() || q.dim() != 4) fail(fn, "q must be [B, L, H, D], got " + (q.defined() ? shape_str(q.sizes()) : "undefined"));
+  TORCH_CHECK(q.defined() && q.dim() == 4, "qvl::cuda::", fn, ": q must be [B, L, H, D], got ",
+              q.defined() ? shape_str(q.sizes()) : "undefined");
   const int64_t B = q.size(0), L = q.size(1), D = q.size(3), half = D / 2;
-  if (D % 2 != 0) fail(fn, "head_dim must be even, got " + std::to_string(D));
-  if (half > detail::kMaxRopeHalf) fail(fn, "head_dim " + std::to_string(D) + " exceeds " + std::to_string(2 * detail::kMaxRopeHalf));
+  TORCH_CHECK(D % 2 == 0, "qvl::cuda::", fn, ": head_dim must be even, got ", D);
+  TORCH_CHECK(half <= detail::kMaxRopeHalf, "qvl::cuda::", fn, ": head_dim ", D, " exceeds ", 2 * detail::kMaxRopeHalf);
   if (k.defined()) {
-    if (k.dim() != 4 || k.size(0) != B || k.size(1) != L || k.size(3) != D) {
-      fail(fn, "k must be [" + std::to_string(B) + ", " + std::to_string(L) + ", Hk, " + std::to_string(D) + "] like q " +
-                   shape_str(q.sizes()) + ", got " + shape_str(k.sizes()));
-    }
-    if (k.scalar_type() != q.scalar_type() || k.device() != q.device()) fail(fn, "q and k must share dtype and device");
+    TORCH_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) == L && k.size(3) == D, "qvl::cuda::", fn, ": k must be [",
+                B, ", ", L, ", Hk, ", D, "] like q ", q.sizes(), ", got ", k.sizes());
+    TORCH_CHECK(k.scalar_type() == q.scalar_type() && k.device() == q.device(), "qvl::cuda::", fn,
+                ": q and k must share dtype and device, got q ", q.scalar_type(), " on ", q.device(), " and k ",
+                k.scalar_type(), " on ", k.device());
   }
-  if (!q.is_cuda()) fail(fn, "q must be on a CUDA device, got " + q.device().str());
-  if (!is_kernel_dtype(q.scalar_type())) fail(fn, "q must be float32, bfloat16 or float16, got " + std::string(c10::toString(q.scalar_type())));
-  if (B * L >= (int64_t{1} << 31)) fail(fn, "B * L must be below 2^31");
+  TORCH_CHECK(q.is_cuda(), "qvl::cuda::", fn, ": q must be on a CUDA device, got ", q.device());
+  TORCH_CHECK(is_kernel_dtype(q.scalar_type()), "qvl::cuda::", fn, ": q must be float32, bfloat16 or float16, got ",
+              q.scalar_type());
+  TORCH_CHECK(B * L < (int64_t{1} << 31), "qvl::cuda::", fn, ": B * L must be below 2^31, got ", B, " * ", L);
   c10::cuda::CUDAGuard guard(q.device());
   detail::RopeParams p;
   p.dtype = kernel_dtype(q.scalar_type());
@@ -196,7 +193,8 @@ std::pair<at::Tensor, at::Tensor> rope_apply(const at::Tensor& q, const at::Tens
   const std::vector<at::Tensor> ins = k.defined() ? std::vector<at::Tensor>{q, k} : std::vector<at::Tensor>{q};
   for (size_t i = 0; i < ins.size(); ++i) {
     const at::Tensor& x = ins[i];
-    if (x.stride(3) != 1) fail(fn, std::string(i ? "k" : "q") + ": the last dim must be contiguous (stride 1), got strides " + shape_str(x.strides()));
+    TORCH_CHECK(x.stride(3) == 1, "qvl::cuda::", fn, ": ", i ? "k" : "q",
+                ": the last dim must be contiguous (stride 1), got strides ", x.strides());
     at::Tensor y = in_place ? x : at::empty(x.sizes(), x.options());
     outs.push_back(y);
     detail::RopeTensor& t = p.t[i];
@@ -215,11 +213,10 @@ std::pair<at::Tensor, at::Tensor> rope_apply(const at::Tensor& q, const at::Tens
   if (a.cos.defined()) {
     cos = a.cos.to(q.device(), at::kFloat);
     sin = a.sin.to(q.device(), at::kFloat);
-    if (cos.dim() != 3 || (cos.size(0) != 1 && cos.size(0) != B) || cos.size(1) != L || cos.size(2) != D ||
-        sin.sizes() != cos.sizes()) {
-      fail(fn, "cos/sin must be [1 or " + std::to_string(B) + ", " + std::to_string(L) + ", " + std::to_string(D) + "], got " +
-                   shape_str(cos.sizes()) + " and " + shape_str(sin.sizes()));
-    }
+    TORCH_CHECK(cos.dim() == 3 && (cos.size(0) == 1 || cos.size(0) == B) && cos.size(1) == L && cos.size(2) == D &&
+                    sin.sizes() == cos.sizes(),
+                "qvl::cuda::", fn, ": cos/sin must be [1 or ", B, ", ", L, ", ", D, "], got ", cos.sizes(), " and ",
+                sin.sizes());
     if (cos.stride(2) != 1) cos = cos.contiguous();
     if (sin.strides() != cos.strides()) sin = sin.contiguous(), cos = cos.contiguous();
     p.cos = cos.data_ptr<float>();
@@ -227,19 +224,19 @@ std::pair<at::Tensor, at::Tensor> rope_apply(const at::Tensor& q, const at::Tens
     p.tab_sb = cos.size(0) == 1 ? 0 : cos.stride(0);
     p.tab_sl = cos.stride(1);
   } else {
-    if (!a.positions.defined()) fail(fn, "the angles hold neither cos/sin tables nor positions");
+    TORCH_CHECK(a.positions.defined(), "qvl::cuda::", fn, ": the angles hold neither cos/sin tables nor positions");
     pos = a.positions.to(q.device());
     if (pos.scalar_type() != at::kLong && pos.scalar_type() != at::kInt && pos.scalar_type() != at::kFloat) {
       pos = pos.to(at::kFloat);
     }
-    if (pos.dim() != 3 || (pos.size(1) != 1 && pos.size(1) != B) || pos.size(2) != L) {
-      fail(fn, "positions must be [R, 1 or " + std::to_string(B) + ", " + std::to_string(L) + "], got " + shape_str(pos.sizes()));
-    }
-    if (static_cast<int64_t>(a.freq.size()) != half || static_cast<int64_t>(a.row.size()) != half) {
-      fail(fn, "the angles describe " + std::to_string(a.freq.size()) + " pairs but head_dim / 2 is " + std::to_string(half));
-    }
+    TORCH_CHECK(pos.dim() == 3 && (pos.size(1) == 1 || pos.size(1) == B) && pos.size(2) == L, "qvl::cuda::", fn,
+                ": positions must be [R, 1 or ", B, ", ", L, "], got ", pos.sizes());
+    TORCH_CHECK(static_cast<int64_t>(a.freq.size()) == half && static_cast<int64_t>(a.row.size()) == half,
+                "qvl::cuda::", fn, ": the angles describe ", a.freq.size(), " pairs (", a.row.size(),
+                " rows) but head_dim / 2 is ", half);
     for (int64_t i = 0; i < half; ++i) {
-      if (a.row[i] >= pos.size(0)) fail(fn, "pair " + std::to_string(i) + " reads position row " + std::to_string(a.row[i]) + " of " + std::to_string(pos.size(0)));
+      TORCH_CHECK(a.row[i] < pos.size(0), "qvl::cuda::", fn, ": pair ", i, " reads position row ",
+                  static_cast<int>(a.row[i]), " of ", pos.size(0));
       p.freq[i] = a.freq[i];
       p.row[i] = a.row[i];
     }
@@ -260,12 +257,14 @@ std::pair<at::Tensor, at::Tensor> rope_apply(const at::Tensor& q, const at::Tens
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const char* fn = "rms_norm";
-  if (!x.is_cuda()) fail(fn, "x must be on a CUDA device, got " + x.device().str());
+  TORCH_CHECK(x.is_cuda(), "qvl::cuda::", fn, ": x must be on a CUDA device, got ", x.device());
   if (weight.scalar_type() != x.scalar_type()) return {};
   if (!is_kernel_dtype(x.scalar_type())) return {};
   const int64_t D = x.size(-1);
-  if (weight.dim() != 1 || weight.size(0) != D) fail(fn, "weight must be [" + std::to_string(D) + "], got " + shape_str(weight.sizes()));
-  if (weight.device() != x.device()) fail(fn, "weight is on " + weight.device().str() + " but x on " + x.device().str());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == D, "qvl::cuda::", fn, ": weight must be [", D, "], got ",
+              weight.sizes());
+  TORCH_CHECK(weight.device() == x.device(), "qvl::cuda::", fn, ": weight is on ", weight.device(), " but x on ",
+              x.device());
   at::Tensor xs = x;
   int64_t row_stride = collapsed_row_stride(xs);
   if (row_stride < 0) {
@@ -275,7 +274,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   at::Tensor w = weight.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
   const int64_t rows = D == 0 ? 0 : x.numel() / D;
-  if (rows >= (int64_t{1} << 31)) fail(fn, "more than 2^31 rows");
+  TORCH_CHECK(rows < (int64_t{1} << 31), "qvl::cuda::", fn, ": more than 2^31 rows, got ", rows);
   c10::cuda::CUDAGuard guard(x.device());
   detail::RmsParams p;
   p.dtype = kernel_dtype(x.scalar_type());
@@ -309,21 +308,22 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
                             double scale, AttentionBackend* used) {
   const char* fn = "varlen_attention";
   if (used) *used = AttentionBackend::None;
-  if (q.dim() != 3 || k.sizes() != q.sizes() || v.sizes() != q.sizes()) {
-    fail(fn, "q, k, v must all be [S, H, Dh], got " + shape_str(q.sizes()) + ", " + shape_str(k.sizes()) + ", " + shape_str(v.sizes()));
-  }
-  if (!q.is_cuda() || k.device() != q.device() || v.device() != q.device()) fail(fn, "q, k, v must be on one CUDA device");
-  if (k.scalar_type() != q.scalar_type() || v.scalar_type() != q.scalar_type()) fail(fn, "q, k, v must share one dtype");
+  TORCH_CHECK(q.dim() == 3 && k.sizes() == q.sizes() && v.sizes() == q.sizes(), "qvl::cuda::", fn,
+              ": q, k, v must all be [S, H, Dh], got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device(), "qvl::cuda::", fn,
+              ": q, k, v must be on one CUDA device, got ", q.device(), ", ", k.device(), ", ", v.device());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "qvl::cuda::", fn,
+              ": q, k, v must share one dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type());
   const int64_t S = q.size(0), Dh = q.size(2);
   at::Tensor cu_host = cu_seqlens.to(at::kCPU).to(at::kLong).contiguous();
   const int64_t n = cu_host.numel();
   const int64_t* c = cu_host.data_ptr<int64_t>();
-  if (cu_host.dim() != 1 || n < 2 || c[0] != 0 || c[n - 1] != S) {
-    fail(fn, "cu_seqlens must run from 0 to S = " + std::to_string(S) + ", got " + shape_str(cu_seqlens.sizes()));
-  }
+  TORCH_CHECK(cu_host.dim() == 1 && n >= 2 && c[0] == 0 && c[n - 1] == S, "qvl::cuda::", fn,
+              ": cu_seqlens must run from 0 to S = ", S, ", got ", cu_seqlens.sizes());
   int64_t max_len = 0;
   for (int64_t i = 0; i + 1 < n; ++i) {
-    if (c[i + 1] < c[i]) fail(fn, "cu_seqlens must be non-decreasing (entry " + std::to_string(i + 1) + ")");
+    TORCH_CHECK(c[i + 1] >= c[i], "qvl::cuda::", fn, ": cu_seqlens must be non-decreasing, entry ", i + 1, " is ",
+                c[i + 1], " after ", c[i]);
     max_len = std::max(max_len, c[i + 1] - c[i]);
   }
   at::Tensor cu = cu_host.to(at::kInt).to(q.device());

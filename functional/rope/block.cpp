@@ -9,9 +9,7 @@
 namespace qvl::rope {
 namespace {
 void check_square(const at::Tensor& m, const char* fn, const char* what) {
-  if (m.dim() < 2 || m.size(-1) != m.size(-2)) {
-    throw std::runtime_error(std::string(fn) + ": " + what + " must be [..., b, b], got " + shape_str(m.sizes()));
-  }
+  TORCH_CHECK(m.dim() >= 2 && m.size(-1) == m.size(-2), fn, ": ", what, " must be [..., b, b], got ", m.sizes());
 }
 }  // namespace
 
@@ -21,7 +19,7 @@ at::Tensor skew_part(const at::Tensor& m) {
 }
 
 at::Tensor canonical_skew(int64_t b) {
-  if (b < 2) throw std::runtime_error("rope::canonical_skew: block size must be >= 2, got " + std::to_string(b));
+  TORCH_CHECK(b >= 2, "rope::canonical_skew: block size must be >= 2, got ", b);
   at::Tensor S = at::zeros({b, b}, at::kFloat);
   for (int64_t i = 0; 2 * i + 1 < b; ++i) {
     S[2 * i + 1][2 * i] = 1.0;
@@ -32,19 +30,15 @@ at::Tensor canonical_skew(int64_t b) {
 
 at::Tensor generators_axis_partition(int64_t dim, int64_t block, int64_t axes, double theta,
                                      const at::Tensor& unit_skew) {
-  if (block < 2 || axes < 1 || dim <= 0 || dim % block != 0 || (dim / block) % axes != 0) {
-    throw std::runtime_error("rope::generators_axis_partition: head dim " + std::to_string(dim) + " must split into " +
-                             std::to_string(axes) + " equal groups of " + std::to_string(block) + "x" +
-                             std::to_string(block) + " blocks (D % (b*A) == 0)");
-  }
+  TORCH_CHECK(block >= 2 && axes >= 1 && dim > 0 && dim % block == 0 && (dim / block) % axes == 0,
+              "rope::generators_axis_partition: head dim ", dim, " must split into ", axes, " equal groups of ", block,
+              "x", block, " blocks (D % (b*A) == 0, b >= 2, A >= 1)");
   const int64_t nb = dim / block, per_axis = nb / axes;
   at::Tensor S = unit_skew.defined() ? unit_skew.to(at::kFloat) : canonical_skew(block);
   if (S.dim() == 2) S = S.unsqueeze(0).expand({nb, block, block});
-  if (S.dim() != 3 || S.size(0) != nb || S.size(1) != block || S.size(2) != block) {
-    throw std::runtime_error("rope::generators_axis_partition: unit_skew must be [" + std::to_string(block) + ", " +
-                             std::to_string(block) + "] or [" + std::to_string(nb) + ", " + std::to_string(block) + ", " +
-                             std::to_string(block) + "], got " + shape_str(unit_skew.sizes()));
-  }
+  TORCH_CHECK(S.dim() == 3 && S.size(0) == nb && S.size(1) == block && S.size(2) == block,
+              "rope::generators_axis_partition: unit_skew must be [", block, ", ", block, "] or [", nb, ", ", block, ", ",
+              block, "], got ", unit_skew.sizes());
   // omega_k = 1 / theta^(k*A*b / D), written like rope2d's axial_frequencies so that b = 2, A = 2 gives
   // the same float32 values: reciprocal(pow(theta, arange(0, D, A*b) / D))                 [nb/A]
   at::Tensor omega = at::reciprocal(at::pow(theta, at::arange(0, dim, axes * block, at::kLong).to(at::kFloat) / dim));
@@ -58,10 +52,9 @@ at::Tensor generators_axis_partition(int64_t dim, int64_t block, int64_t axes, d
 
 at::Tensor generators_linearly_dependent(const at::Tensor& coeffs, const at::Tensor& base) {
   check_square(base, "rope::generators_linearly_dependent", "base");
-  if (coeffs.dim() != 2 || base.dim() != 3 || coeffs.size(1) != base.size(0)) {
-    throw std::runtime_error("rope::generators_linearly_dependent: coeffs must be [A, nb] and base [nb, b, b], got " +
-                             shape_str(coeffs.sizes()) + " and " + shape_str(base.sizes()));
-  }
+  TORCH_CHECK(coeffs.dim() == 2 && base.dim() == 3 && coeffs.size(1) == base.size(0),
+              "rope::generators_linearly_dependent: coeffs must be [A, nb] and base [nb, b, b], got ", coeffs.sizes(),
+              " and ", base.sizes());
   // G_{a,j} = c_{a,j} (P_j - P_j^T), in the promoted floating dtype of the inputs (float32 for integers)
   at::ScalarType dt = at::promote_types(coeffs.scalar_type(), base.scalar_type());
   if (!at::isFloatingType(dt)) dt = at::kFloat;
@@ -70,10 +63,8 @@ at::Tensor generators_linearly_dependent(const at::Tensor& coeffs, const at::Ten
 
 double max_commutator(const at::Tensor& generators) {
   check_square(generators, "rope::max_commutator", "generators");
-  if (generators.dim() < 4) {
-    throw std::runtime_error("rope::max_commutator: generators must be [..., A, nb, b, b], got " +
-                             shape_str(generators.sizes()));
-  }
+  TORCH_CHECK(generators.dim() >= 4, "rope::max_commutator: generators must be [..., A, nb, b, b], got ",
+              generators.sizes());
   at::Tensor G = generators.to(at::kDouble);
   const int64_t A = G.size(-4);
   double worst = 0;
@@ -89,15 +80,11 @@ double max_commutator(const at::Tensor& generators) {
 
 at::Tensor block_rotations(const at::Tensor& generators, const at::Tensor& positions) {
   check_square(generators, "rope::block_rotations", "generators");
-  if (generators.dim() < 4) {
-    throw std::runtime_error("rope::block_rotations: generators must be [..., A, nb, b, b], got " +
-                             shape_str(generators.sizes()));
-  }
+  TORCH_CHECK(generators.dim() >= 4, "rope::block_rotations: generators must be [..., A, nb, b, b], got ",
+              generators.sizes());
   const int64_t A = generators.size(-4);
-  if (positions.dim() != 2 || positions.size(1) != A) {
-    throw std::runtime_error("rope::block_rotations: positions must be [M, " + std::to_string(A) +
-                             "] (one coordinate per generator axis), got " + shape_str(positions.sizes()));
-  }
+  TORCH_CHECK(positions.dim() == 2 && positions.size(1) == A, "rope::block_rotations: positions must be [M, ", A,
+              "] (one coordinate per generator axis), got ", positions.sizes());
   at::Tensor p = positions.to(generators.scalar_type());
   // sum_a p[m, a] * G[..., a, j]                                                      [..., M, nb, b, b]
   at::Tensor gen = at::einsum("...ajrc,ma->...mjrc", {generators, p});
@@ -106,9 +93,7 @@ at::Tensor block_rotations(const at::Tensor& generators, const at::Tensor& posit
 
 at::Tensor block_diag_dense(const at::Tensor& blocks) {
   check_square(blocks, "rope::block_diag_dense", "blocks");
-  if (blocks.dim() < 3) {
-    throw std::runtime_error("rope::block_diag_dense: blocks must be [..., nb, b, b], got " + shape_str(blocks.sizes()));
-  }
+  TORCH_CHECK(blocks.dim() >= 3, "rope::block_diag_dense: blocks must be [..., nb, b, b], got ", blocks.sizes());
   const int64_t nb = blocks.size(-3), b = blocks.size(-1);
   // R[..., j, r, k, c] = blocks[..., j, r, c] * delta(j, k)                                [..., nb, b, nb, b]
   at::Tensor eye = at::eye(nb, blocks.options()).view({nb, 1, nb, 1});
@@ -121,10 +106,9 @@ at::Tensor block_diag_dense(const at::Tensor& blocks) {
 
 at::Tensor apply_block_rope(const at::Tensor& x, const at::Tensor& blocks) {
   check_square(blocks, "rope::apply_block_rope", "blocks");
-  if (blocks.dim() < 4 || x.dim() < 2 || x.size(-1) < blocks.size(-3) * blocks.size(-1)) {
-    throw std::runtime_error("rope::apply_block_rope: x must be [..., M, D] with D >= nb*b for blocks [..., M, nb, b, b], got x " +
-                             shape_str(x.sizes()) + " and blocks " + shape_str(blocks.sizes()));
-  }
+  TORCH_CHECK(blocks.dim() >= 4 && x.dim() >= 2 && x.size(-1) >= blocks.size(-3) * blocks.size(-1),
+              "rope::apply_block_rope: x must be [..., M, D] with D >= nb*b for blocks [..., M, nb, b, b], got x ",
+              x.sizes(), " and blocks ", blocks.sizes());
   const int64_t nb = blocks.size(-3), b = blocks.size(-1), rot = nb * b, D = x.size(-1);
   // partial rotary: channels [0, nb*b) are rotated, the rest [nb*b, D) pass through unchanged
   at::Tensor xr = rot == D ? x : x.narrow(-1, 0, rot);

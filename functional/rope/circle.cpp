@@ -42,15 +42,10 @@ at::Tensor map_to_circle(const at::Tensor& coords, const at::Tensor& radius, dou
 
 at::Tensor block_positions(const at::Tensor& frame_times, int64_t H, int64_t W, const Config& cfg) {
   const int64_t T = frame_times.size(0);
-  if (T < 1 || H < 1 || W < 1) {
-    throw std::runtime_error("circle::block_positions: empty grid (" + std::to_string(T) + ", " + std::to_string(H) +
-                             ", " + std::to_string(W) + ")");
-  }
-  if (T > 1 && cfg.method == Method::Circle && cfg.video == VideoFrames::Official) {
-    throw std::runtime_error("circle::block_positions: the official Circle-RoPE maps one frame only, but the grid has T=" +
-                             std::to_string(T) + " frames (" + std::to_string(T * H * W) + " tokens, " +
-                             std::to_string(H * W) + " positions); use the per-frame extension");
-  }
+  TORCH_CHECK(T >= 1 && H >= 1 && W >= 1, "circle::block_positions: empty grid (", T, ", ", H, ", ", W, ")");
+  TORCH_CHECK(T <= 1 || cfg.method != Method::Circle || cfg.video != VideoFrames::Official,
+              "circle::block_positions: the official Circle-RoPE maps one frame only, but the grid has T=", T,
+              " frames (", T * H * W, " tokens, ", H * W, " positions); use the per-frame extension");
   // ori_coords = stack((w_index, h_index, t_index))                               [3, T, H, W] int64
   at::Tensor w_idx = at::arange(W, at::kLong).view({1, 1, W}).expand({T, H, W});
   at::Tensor h_idx = at::arange(H, at::kLong).view({1, H, 1}).expand({T, H, W});
@@ -99,15 +94,11 @@ at::Tensor m_block_positions(const at::Tensor& frame_times, int64_t H, int64_t W
 RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& image_grid_thw, const at::Tensor& video_grid_thw,
                          const at::Tensor& second_per_grid_ts, const at::Tensor& attention_mask_in, const TokenIds& ids,
                          const Config& cfg, bool use_m_index) {
-  if (input_ids.dim() != 2) {
-    throw std::runtime_error("circle::get_rope_index: input_ids must be [B, L], got " + shape_str(input_ids.sizes()));
-  }
+  TORCH_CHECK(input_ids.dim() == 2, "circle::get_rope_index: input_ids must be [B, L], got ", input_ids.sizes());
   const int64_t B = input_ids.size(0), L = input_ids.size(1);
   at::Tensor attention_mask = attention_mask_in.defined() ? attention_mask_in.to(at::kLong) : at::ones({B, L}, at::kLong);
-  if (attention_mask.sizes() != input_ids.sizes()) {
-    throw std::runtime_error("circle::get_rope_index: attention_mask " + shape_str(attention_mask.sizes()) +
-                             " does not match input_ids " + shape_str(input_ids.sizes()));
-  }
+  TORCH_CHECK(attention_mask.sizes() == input_ids.sizes(), "circle::get_rope_index: attention_mask ",
+              attention_mask.sizes(), " does not match input_ids ", input_ids.sizes());
   RopeIndex out;
   if (!image_grid_thw.defined() && !video_grid_thw.defined()) {
     // The text-only branch keeps the stock int64 positions: cumsum - 1 with 1 at padding.
@@ -122,10 +113,8 @@ RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& image_gr
   std::vector<float> deltas;
   int64_t image_index = 0, video_index = 0;
   auto grid = [](const at::Tensor& g, int64_t i, const char* what) {
-    if (!g.defined() || i >= g.size(0)) {
-      throw std::runtime_error(std::string("circle::get_rope_index: more ") + what + " groups in input_ids than rows in " +
-                               what + "_grid_thw (" + std::to_string(g.defined() ? g.size(0) : 0) + ")");
-    }
+    TORCH_CHECK(g.defined() && i < g.size(0), "circle::get_rope_index: more ", what,
+                " groups in input_ids than rows in ", what, "_grid_thw (", g.defined() ? g.size(0) : 0, ")");
     return std::array<int64_t, 3>{g[i][0].item<int64_t>(), g[i][1].item<int64_t>(), g[i][2].item<int64_t>()};
   };
   for (int64_t b = 0; b < B; ++b) {
@@ -168,7 +157,7 @@ RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& image_gr
         --remain_v;
         ed = ed_v;
       }
-      if (ed > n) throw std::runtime_error("circle::get_rope_index: row " + std::to_string(b) + ": a vision group has no placeholder tokens");
+      TORCH_CHECK(ed <= n, "circle::get_rope_index: row ", b, ": a vision group has no placeholder tokens");
       const int64_t T = thw[0], H = thw[1] / m, W = thw[2] / m, text_len = ed - st;
       at::Tensor st_idx = next_start();
       parts.push_back(at::arange(text_len, at::kLong).view({1, -1}).expand({3, -1}) + st_idx);
@@ -178,11 +167,8 @@ RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& image_gr
       at::Tensor block = use_m_index ? m_block_positions(times, H, W) : block_positions(times, H, W, cfg);
       parts.push_back(block + text_len + st_idx);
       st = ed + T * H * W;
-      if (st > n) {
-        throw std::runtime_error("circle::get_rope_index: row " + std::to_string(b) + ": grid (" + std::to_string(T) + ", " +
-                                 std::to_string(thw[1]) + ", " + std::to_string(thw[2]) + ") needs " +
-                                 std::to_string(T * H * W) + " tokens, more than the sequence has");
-      }
+      TORCH_CHECK(st <= n, "circle::get_rope_index: row ", b, ": grid (", T, ", ", thw[1], ", ", thw[2], ") needs ",
+                  T * H * W, " tokens, but only ", n - ed, " remain in the sequence from its first placeholder");
     }
     if (st < n) {
       at::Tensor st_idx = next_start();
@@ -192,28 +178,24 @@ RopeIndex get_rope_index(const at::Tensor& input_ids, const at::Tensor& image_gr
     out.position_ids.select(1, b).masked_scatter_(keep.view({1, L}).expand({3, L}), pos);
     deltas.push_back((pos.max() + 1 - L).item<float>());
   }
-  if (image_grid_thw.defined() && image_index != image_grid_thw.size(0)) {
-    throw std::runtime_error("circle::get_rope_index: image_grid_thw has " + std::to_string(image_grid_thw.size(0)) +
-                             " rows but input_ids hold " + std::to_string(image_index) + " image groups");
-  }
-  if (video_grid_thw.defined() && video_index != video_grid_thw.size(0)) {
-    throw std::runtime_error("circle::get_rope_index: video_grid_thw has " + std::to_string(video_grid_thw.size(0)) +
-                             " rows but input_ids hold " + std::to_string(video_index) + " video groups");
-  }
+  TORCH_CHECK(!image_grid_thw.defined() || image_index == image_grid_thw.size(0), "circle::get_rope_index: image_grid_thw has ",
+              image_grid_thw.size(0), " rows but input_ids hold ", image_index, " image groups");
+  TORCH_CHECK(!video_grid_thw.defined() || video_index == video_grid_thw.size(0), "circle::get_rope_index: video_grid_thw has ",
+              video_grid_thw.size(0), " rows but input_ids hold ", video_index, " video groups");
   out.deltas = at::tensor(deltas, at::kFloat).unsqueeze(1);
   return out;
 }
 
 std::vector<bool> age_layers(const std::string& strategy, int64_t L) {
-  if (L < 1) throw std::runtime_error("circle::age_layers: need at least one layer, got " + std::to_string(L));
+  TORCH_CHECK(L >= 1, "circle::age_layers: need at least one layer, got ", L);
   std::vector<bool> circle(L);
   for (int64_t l = 0; l < L; ++l) {
     if (strategy == "all") circle[l] = true;
     else if (strategy == "strategy_2") circle[l] = 2 * l < L;   // l < L/2
     else if (strategy == "strategy_3") circle[l] = 2 * l >= L;  // l >= L/2
     else if (strategy == "strategy_4") circle[l] = l % 2 == 0;
-    else throw std::runtime_error("circle::age_layers: unknown AGE strategy '" + strategy +
-                                  "' (known: all, strategy_2, strategy_3, strategy_4; the official strategy_1 never existed in its table)");
+    else TORCH_CHECK(false, "circle::age_layers: unknown AGE strategy '", strategy,
+                     "' (known: all, strategy_2, strategy_3, strategy_4; the official strategy_1 never existed in its table)");
   }
   return circle;
 }

@@ -9,9 +9,8 @@
 namespace qvl::rope {
 
 at::Tensor inv_freq(double theta, int64_t rotary_dim) {
-  if (rotary_dim <= 0 || rotary_dim % 2 != 0) {
-    throw std::runtime_error("rope::inv_freq: rotary_dim must be positive and even, got " + std::to_string(rotary_dim));
-  }
+  TORCH_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0, "rope::inv_freq: rotary_dim must be positive and even, got ",
+              rotary_dim);
   return rope_inv_freq(theta, rotary_dim);
 }
 
@@ -21,11 +20,8 @@ at::Tensor angles_1d(const at::Tensor& positions, const at::Tensor& inv) {
 
 at::Tensor apply_cos_sin(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, PairLayout layout) {
   const int64_t half = cos.size(-1), r = 2 * half, d = x.size(-1);
-  if (r > d) {
-    throw std::runtime_error("rope::apply: " + std::to_string(half) + " angles need a rotary dim of " +
-                             std::to_string(r) + " channels, but x has only " + std::to_string(d) + " (" +
-                             shape_str(x.sizes()) + ")");
-  }
+  TORCH_CHECK(r <= d, "rope::apply: ", half, " angles need a rotary dim of ", r, " channels, but x has only ", d, " (",
+              x.sizes(), ")");
   at::Tensor c = cos.to(x.scalar_type()), s = sin.to(x.scalar_type());
   at::Tensor xr = x.slice(-1, 0, r), rest = x.slice(-1, r);
   at::Tensor y;
@@ -47,7 +43,8 @@ at::Tensor apply(const at::Tensor& x, const at::Tensor& angles, PairLayout layou
 }
 
 std::vector<int64_t> mrope_rows(const std::vector<int64_t>& section, MRopeLayout layout) {
-  if (section.size() != 3) throw std::runtime_error("rope::mrope_rows: mrope_section must have 3 entries (t, h, w)");
+  TORCH_CHECK(section.size() == 3, "rope::mrope_rows: mrope_section must have 3 entries (t, h, w), got ",
+              section.size());
   const int64_t n = std::accumulate(section.begin(), section.end(), int64_t{0});
   std::vector<int64_t> rows(n, 0);
   if (layout == MRopeLayout::Chunked) {
@@ -57,8 +54,7 @@ std::vector<int64_t> mrope_rows(const std::vector<int64_t>& section, MRopeLayout
     // apply_interleaved_mrope: freqs_t[..., slice(dim, mrope_section[dim] * 3, 3)] = freqs[dim] for h, w
     for (int64_t row = 1; row <= 2; ++row) {
       for (int64_t k = row; k < section[row] * 3; k += 3) {
-        if (k >= n) throw std::runtime_error("rope::mrope_rows: interleaved section " + std::to_string(section[row]) +
-                                             " reaches past " + std::to_string(n) + " frequencies");
+        TORCH_CHECK(k < n, "rope::mrope_rows: interleaved section ", section[row], " reaches past ", n, " frequencies");
         rows[k] = row;
       }
     }
@@ -74,14 +70,11 @@ std::string mrope_labels(const std::vector<int64_t>& section, MRopeLayout layout
 
 at::Tensor mrope_angles(const at::Tensor& pos, const at::Tensor& inv, const std::vector<int64_t>& section,
                         MRopeLayout layout) {
-  if (pos.dim() != 3 || pos.size(0) != 3) {
-    throw std::runtime_error("rope::mrope_angles: position_ids must be [3, B, T], got " + shape_str(pos.sizes()));
-  }
+  TORCH_CHECK(pos.dim() == 3 && pos.size(0) == 3, "rope::mrope_angles: position_ids must be [3, B, T], got ",
+              pos.sizes());
   std::vector<int64_t> rows = mrope_rows(section, layout);
-  if (static_cast<int64_t>(rows.size()) != inv.size(0)) {
-    throw std::runtime_error("rope::mrope_angles: mrope_section sums to " + std::to_string(rows.size()) + " but there are " +
-                             std::to_string(inv.size(0)) + " frequencies");
-  }
+  TORCH_CHECK(static_cast<int64_t>(rows.size()) == inv.size(0), "rope::mrope_angles: mrope_section sums to ",
+              rows.size(), " but there are ", inv.size(0), " frequencies");
   at::Tensor all = angles_1d(pos, inv);  // [3, B, T, r/2]
   at::Tensor idx = at::tensor(rows, at::kLong).view({1, 1, 1, -1}).expand({1, all.size(1), all.size(2), -1});
   return all.gather(0, idx).squeeze(0);  // [B, T, r/2]

@@ -10,19 +10,12 @@
 namespace qvl::rope {
 namespace {
 void check_dim(int64_t dim, const char* fn) {
-  if (dim <= 0 || dim % 4 != 0) {
-    throw std::runtime_error(std::string(fn) + ": head dim must be a positive multiple of 4 (D/4 pairs per axis), got " +
-                                std::to_string(dim));
-  }
+  TORCH_CHECK(dim > 0 && dim % 4 == 0, fn, ": head dim must be a positive multiple of 4 (D/4 pairs per axis), got ", dim);
 }
 void check_pairs(const at::Tensor& x, const at::Tensor& angles, const char* fn) {
-  if (x.dim() < 1 || x.size(-1) % 2 != 0) {
-    throw std::runtime_error(std::string(fn) + ": x must be [..., D] with D even, got " + shape_str(x.sizes()));
-  }
-  if (angles.dim() < 1 || angles.size(-1) != x.size(-1) / 2) {
-    throw std::runtime_error(std::string(fn) + ": angles must be [..., " + std::to_string(x.size(-1) / 2) +
-                                "] (one per pair of x " + shape_str(x.sizes()) + "), got " + shape_str(angles.sizes()));
-  }
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) % 2 == 0, fn, ": x must be [..., D] with D even, got ", x.sizes());
+  TORCH_CHECK(angles.dim() >= 1 && angles.size(-1) == x.size(-1) / 2, fn, ": angles must be [..., ", x.size(-1) / 2,
+              "] (one per pair of x ", x.sizes(), "), got ", angles.sizes());
 }
 // float32, or float64 when either input is float64 (so that autograd's gradcheck can run in double).
 at::ScalarType compute_dtype(const at::Tensor& a, const at::Tensor& b) {
@@ -31,10 +24,7 @@ at::ScalarType compute_dtype(const at::Tensor& a, const at::Tensor& b) {
 }  // namespace
 
 GridXY grid_xy(int64_t end_x, int64_t end_y) {
-  if (end_x <= 0 || end_y <= 0) {
-    throw std::runtime_error("rope::grid_xy: end_x and end_y must be positive, got " + std::to_string(end_x) + " x " +
-                                std::to_string(end_y));
-  }
+  TORCH_CHECK(end_x > 0 && end_y > 0, "rope::grid_xy: end_x and end_y must be positive, got ", end_x, " x ", end_y);
   // t = torch.arange(end_x * end_y, dtype=torch.float32)
   at::Tensor t = at::arange(end_x * end_y, at::kFloat);
   // t_x = (t % end_x).float(); t_y = torch.div(t, end_x, rounding_mode='floor').float()
@@ -48,10 +38,8 @@ at::Tensor axial_frequencies(int64_t dim, double theta) {
 }
 
 at::Tensor axial_angles(int64_t dim, const at::Tensor& t_x, const at::Tensor& t_y, double theta) {
-  if (t_x.dim() != 1 || t_y.sizes() != t_x.sizes()) {
-    throw std::runtime_error("rope::axial_angles: t_x and t_y must both be [N], got " + shape_str(t_x.sizes()) +
-                                " and " + shape_str(t_y.sizes()));
-  }
+  TORCH_CHECK(t_x.dim() == 1 && t_y.sizes() == t_x.sizes(), "rope::axial_angles: t_x and t_y must both be [N], got ",
+              t_x.sizes(), " and ", t_y.sizes());
   at::Tensor omega = axial_frequencies(dim, theta);  // [D/4]
   // freqs_x = torch.outer(t_x, freqs_x); freqs_y = torch.outer(t_y, freqs_y); cat(..., dim=-1)
   return at::cat({at::outer(t_x.to(at::kFloat), omega), at::outer(t_y.to(at::kFloat), omega)}, -1);  // [N, D/2]
@@ -64,9 +52,7 @@ at::Tensor axial_grid_angles(int64_t dim, int64_t end_x, int64_t end_y, double t
 
 at::Tensor mixed_init_frequencies(const at::Tensor& alpha, int64_t dim, double theta) {
   check_dim(dim, "rope::mixed_init_frequencies");
-  if (alpha.dim() != 2) {
-    throw std::runtime_error("rope::mixed_init_frequencies: alpha must be [depth, heads], got " + shape_str(alpha.sizes()));
-  }
+  TORCH_CHECK(alpha.dim() == 2, "rope::mixed_init_frequencies: alpha must be [depth, heads], got ", alpha.sizes());
   const int64_t L = alpha.size(0);
   // mag = 1 / (theta ** (torch.arange(0, dim, 4)[: (dim // 4)].float() / dim))
   at::Tensor mag = axial_frequencies(dim, theta);   // [F]
@@ -80,10 +66,9 @@ at::Tensor mixed_init_frequencies(const at::Tensor& alpha, int64_t dim, double t
 }
 
 at::Tensor mixed_alpha_from_frequencies(const at::Tensor& freqs, int64_t num_heads) {
-  if (freqs.dim() != 3 || freqs.size(0) != 2 || num_heads <= 0 || freqs.size(2) % num_heads != 0) {
-    throw std::runtime_error("rope::mixed_alpha_from_frequencies: freqs must be [2, depth, heads*D/2] with heads = " +
-                                std::to_string(num_heads) + ", got " + shape_str(freqs.sizes()));
-  }
+  TORCH_CHECK(freqs.dim() == 3 && freqs.size(0) == 2 && num_heads > 0 && freqs.size(2) % num_heads == 0,
+              "rope::mixed_alpha_from_frequencies: freqs must be [2, depth, heads*D/2] with heads = ", num_heads,
+              ", got ", freqs.sizes());
   const int64_t L = freqs.size(1);
   at::Tensor f = freqs.to(at::kDouble).reshape({2, L, num_heads, -1});  // [2, L, H, P]
   // pair 0 has magnitude 1: fx_0 = cos(alpha), fy_0 = sin(alpha)
@@ -93,14 +78,11 @@ at::Tensor mixed_alpha_from_frequencies(const at::Tensor& freqs, int64_t num_hea
 }
 
 at::Tensor mixed_angles(const at::Tensor& freqs, const at::Tensor& t_x, const at::Tensor& t_y, int64_t num_heads) {
-  if (freqs.dim() != 3 || freqs.size(0) != 2 || num_heads <= 0 || freqs.size(2) % num_heads != 0) {
-    throw std::runtime_error("rope::mixed_angles: freqs must be [2, depth, heads*D/2] with heads = " +
-                                std::to_string(num_heads) + ", got " + shape_str(freqs.sizes()));
-  }
-  if (t_x.dim() != 1 || t_y.sizes() != t_x.sizes()) {
-    throw std::runtime_error("rope::mixed_angles: t_x and t_y must both be [N], got " + shape_str(t_x.sizes()) +
-                                " and " + shape_str(t_y.sizes()));
-  }
+  TORCH_CHECK(freqs.dim() == 3 && freqs.size(0) == 2 && num_heads > 0 && freqs.size(2) % num_heads == 0,
+              "rope::mixed_angles: freqs must be [2, depth, heads*D/2] with heads = ", num_heads, ", got ",
+              freqs.sizes());
+  TORCH_CHECK(t_x.dim() == 1 && t_y.sizes() == t_x.sizes(), "rope::mixed_angles: t_x and t_y must both be [N], got ",
+              t_x.sizes(), " and ", t_y.sizes());
   const int64_t N = t_x.size(0), L = freqs.size(1);
   const at::ScalarType dt = compute_dtype(freqs, at::Tensor());  // float64 freqs stay float64 (gradcheck)
   at::Tensor f = freqs.to(dt);
@@ -129,7 +111,7 @@ at::Tensor apply_pairs_complex(const at::Tensor& x, const at::Tensor& angles) {
 }
 
 at::Tensor pair_rotation_matrix(const at::Tensor& angles) {
-  if (angles.dim() < 1) throw std::runtime_error("rope::pair_rotation_matrix: angles must be [..., P], got a scalar");
+  TORCH_CHECK(angles.dim() >= 1, "rope::pair_rotation_matrix: angles must be [..., P], got a scalar");
   at::Tensor a = angles.to(compute_dtype(angles, at::Tensor()));
   const int64_t P = a.size(-1);
   at::Tensor c = at::cos(a), s = at::sin(a);

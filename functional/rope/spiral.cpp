@@ -11,24 +11,17 @@ namespace qvl::rope {
 namespace {
 
 void check_config(const SpiralConfig& c, const char* fn) {
-  const std::string f(fn);
-  if (c.head_dim <= 0 || c.head_dim % 4 != 0) {
-    throw std::runtime_error(f + ": head_dim must be a positive multiple of 4, got " + std::to_string(c.head_dim));
-  }
-  if (c.rotate < 0) throw std::runtime_error(f + ": rotate must be >= 0, got " + std::to_string(c.rotate));
-  if (c.rotate > 0 && c.head_dim % (4 * c.rotate) != 0) {
-    // assert x.shape[-1] % (self.rotate * 4) == 0
-    throw std::runtime_error(f + ": head_dim " + std::to_string(c.head_dim) + " must be a multiple of 4*rotate = " +
-                             std::to_string(4 * c.rotate));
-  }
-  if (c.same_theta && c.rotate == 0) {
-    throw std::runtime_error(f + ": same_theta needs rotate > 0 (the official DeiT code fails there: "
-                             "repeat_interleave(0) empties the table)");
-  }
-  if (!(c.max_freq > 0)) throw std::runtime_error(f + ": max_freq must be > 0, got " + std::to_string(c.max_freq));
-  if (c.truncate_percentage < 0 || c.truncate_percentage > 1) {
-    throw std::runtime_error(f + ": truncate_percentage must be in [0, 1], got " + std::to_string(c.truncate_percentage));
-  }
+  TORCH_CHECK(c.head_dim > 0 && c.head_dim % 4 == 0, fn, ": head_dim must be a positive multiple of 4, got ", c.head_dim);
+  TORCH_CHECK(c.rotate >= 0, fn, ": rotate must be >= 0, got ", c.rotate);
+  // assert x.shape[-1] % (self.rotate * 4) == 0
+  TORCH_CHECK(c.rotate == 0 || c.head_dim % (4 * c.rotate) == 0, fn, ": head_dim ", c.head_dim,
+              " must be a multiple of 4*rotate = ", 4 * c.rotate);
+  TORCH_CHECK(!c.same_theta || c.rotate > 0, fn,
+              ": same_theta needs rotate > 0, got rotate 0 (the official DeiT code fails there: "
+              "repeat_interleave(0) empties the table)");
+  TORCH_CHECK(c.max_freq > 0, fn, ": max_freq must be > 0, got ", c.max_freq);
+  TORCH_CHECK(c.truncate_percentage >= 0 && c.truncate_percentage <= 1, fn,
+              ": truncate_percentage must be in [0, 1], got ", c.truncate_percentage);
 }
 
 int64_t num_frequencies(const SpiralConfig& c) {
@@ -86,11 +79,8 @@ at::Tensor spiral_frequencies(const SpiralConfig& c) {
   }
   const int64_t E = c.same_theta ? D / c.rotate : D;
   const int64_t F = E / 2;
-  if (F < 2) {
-    throw std::runtime_error("rope::spiral_frequencies: only " + std::to_string(F) +
-                             " frequency per direction (head_dim " + std::to_string(c.head_dim) + ", rotate " +
-                             std::to_string(c.rotate) + ", same_theta): the official formula divides by F-1 = 0");
-  }
+  TORCH_CHECK(F >= 2, "rope::spiral_frequencies: only ", F, " frequency per direction (head_dim ", c.head_dim,
+              ", rotate ", c.rotate, ", same_theta): the official formula divides by F-1 = 0");
   double m = c.min_freq;
   // if min_freq_lang < 1e-6: min_freq_lang = max_freq_lang / (theta ** ((effective_dim - 2) / effective_dim))
   if (m < 1e-6) m = c.max_freq / std::pow(c.theta, static_cast<double>(E - 2) / E);
@@ -108,31 +98,22 @@ at::Tensor spiral_angles(const at::Tensor& freqs, const at::Tensor& pos_rc, int6
   check_config(c, "rope::spiral_angles");
   const int64_t d = c.head_dim, D = d / 2, R = c.rotate;
   const int64_t F = num_frequencies(c);
-  if (freqs.dim() != 1 || freqs.size(0) != F) {
-    throw std::runtime_error("rope::spiral_angles: freqs must be [" + std::to_string(F) + "] for head_dim " +
-                             std::to_string(d) + ", rotate " + std::to_string(R) +
-                             (c.same_theta ? ", same_theta" : "") + ", got " + shape_str(freqs.sizes()));
-  }
-  if (pos_rc.dim() != 2 || pos_rc.size(1) != 2) {
-    throw std::runtime_error("rope::spiral_angles: pos_rc must be [M, 2] (row, column), got " + shape_str(pos_rc.sizes()));
-  }
-  if (n_rows <= 0 || n_cols <= 0) throw std::runtime_error("rope::spiral_angles: empty grid");
+  TORCH_CHECK(freqs.dim() == 1 && freqs.size(0) == F, "rope::spiral_angles: freqs must be [", F, "] for head_dim ", d,
+              ", rotate ", R, c.same_theta ? ", same_theta" : "", ", got ", freqs.sizes());
+  TORCH_CHECK(pos_rc.dim() == 2 && pos_rc.size(1) == 2, "rope::spiral_angles: pos_rc must be [M, 2] (row, column), got ",
+              pos_rc.sizes());
+  TORCH_CHECK(n_rows > 0 && n_cols > 0, "rope::spiral_angles: empty grid ", n_rows, "x", n_cols);
   const bool square = n_rows == n_cols;
-  if (!square && (mode == SpiralMode::kClamp || c.pt_seq_len > 0)) {
-    throw std::runtime_error("rope::spiral_angles: grid " + std::to_string(n_rows) + "x" + std::to_string(n_cols) +
-                             " is not square; the official code (and so mode=clamp and the pt_seq_len rescaling) "
-                             "supports square grids only; use mode=exact with pt_seq_len <= 0");
-  }
+  TORCH_CHECK(square || (mode != SpiralMode::kClamp && c.pt_seq_len <= 0), "rope::spiral_angles: grid ", n_rows, "x",
+              n_cols,
+              " is not square; the official code (and so mode=clamp and the pt_seq_len rescaling) "
+              "supports square grids only; use mode=exact with pt_seq_len <= 0");
   at::Tensor pos = pos_rc.to(at::kLong);
   if (pos.numel() > 0) {
     const int64_t rmin = pos.select(1, 0).min().item<int64_t>(), rmax = pos.select(1, 0).max().item<int64_t>();
     const int64_t cmin = pos.select(1, 1).min().item<int64_t>(), cmax = pos.select(1, 1).max().item<int64_t>();
-    if (rmin < 0 || cmin < 0 || rmax >= n_rows || cmax >= n_cols) {
-      throw std::runtime_error("rope::spiral_angles: positions span rows [" + std::to_string(rmin) + ", " +
-                               std::to_string(rmax) + "] and columns [" + std::to_string(cmin) + ", " +
-                               std::to_string(cmax) + "], outside the " + std::to_string(n_rows) + "x" +
-                               std::to_string(n_cols) + " grid");
-    }
+    TORCH_CHECK(rmin >= 0 && cmin >= 0 && rmax < n_rows && cmax < n_cols, "rope::spiral_angles: positions span rows [",
+                rmin, ", ", rmax, "] and columns [", cmin, ", ", cmax, "], outside the ", n_rows, "x", n_cols, " grid");
   }
   const int64_t n = std::max(n_rows, n_cols);
   // t = torch.arange(ft_seq_len, dtype=x.dtype) / ft_seq_len * self.pt_seq_len   (float32 here)
@@ -157,7 +138,7 @@ at::Tensor spiral_angles(const at::Tensor& freqs, const at::Tensor& pos_rc, int6
 }
 
 at::Tensor spiral_grid_angles(const at::Tensor& freqs, int64_t n, const SpiralConfig& c, SpiralMode mode) {
-  if (n <= 0) throw std::runtime_error("rope::spiral_grid_angles: grid side must be positive, got " + std::to_string(n));
+  TORCH_CHECK(n > 0, "rope::spiral_grid_angles: grid side must be positive, got ", n);
   at::Tensor r = at::arange(n, at::kLong);
   at::Tensor pos = at::stack({r.repeat_interleave(n), r.repeat({n})}, 1);  // [n*n, 2] (i, j), row-major
   return spiral_angles(freqs, pos, n, n, c, mode);
@@ -165,7 +146,7 @@ at::Tensor spiral_grid_angles(const at::Tensor& freqs, int64_t n, const SpiralCo
 
 at::Tensor spiral_clamped(int64_t n, const SpiralConfig& c) {
   check_config(c, "rope::spiral_clamped");
-  if (n <= 0) throw std::runtime_error("rope::spiral_clamped: grid side must be positive, got " + std::to_string(n));
+  TORCH_CHECK(n > 0, "rope::spiral_clamped: grid side must be positive, got ", n);
   if (c.rotate == 0) return at::zeros({n * n, 0}, at::kBool);
   at::Tensor r = at::arange(n, at::kLong);
   at::Tensor pos = at::stack({r.repeat_interleave(n), r.repeat({n})}, 1);
@@ -175,22 +156,19 @@ at::Tensor spiral_clamped(int64_t n, const SpiralConfig& c) {
 }
 
 at::Tensor rotate_half_interleaved(const at::Tensor& x) {
-  if (x.dim() < 1 || x.size(-1) % 2 != 0) {
-    throw std::runtime_error("rope::rotate_half_interleaved: last dim must be even, got " + shape_str(x.sizes()));
-  }
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) % 2 == 0, "rope::rotate_half_interleaved: last dim must be even, got ",
+              x.sizes());
   // rearrange '... (d r) -> ... d r', stack((-x2, x1)), rearrange back
   at::Tensor x1 = x.slice(-1, 0, x.size(-1), 2), x2 = x.slice(-1, 1, x.size(-1), 2);
   return at::stack({-x2, x1}, -1).flatten(-2);
 }
 
 at::Tensor apply_spiral(const at::Tensor& x, const at::Tensor& angles, bool class_token) {
-  if (x.dim() != 4) throw std::runtime_error("rope::apply_spiral: x must be [B, N, H, d], got " + shape_str(x.sizes()));
+  TORCH_CHECK(x.dim() == 4, "rope::apply_spiral: x must be [B, N, H, d], got ", x.sizes());
   const int64_t N = x.size(1), skip = class_token ? 1 : 0;
-  if (angles.dim() != 2 || angles.size(0) != N - skip || angles.size(1) != x.size(3)) {
-    throw std::runtime_error("rope::apply_spiral: angles must be [" + std::to_string(N - skip) + ", " +
-                             std::to_string(x.size(3)) + "] for x " + shape_str(x.sizes()) +
-                             (class_token ? " with a class token" : "") + ", got " + shape_str(angles.sizes()));
-  }
+  TORCH_CHECK(angles.dim() == 2 && angles.size(0) == N - skip && angles.size(1) == x.size(3),
+              "rope::apply_spiral: angles must be [", N - skip, ", ", x.size(3), "] for x ", x.sizes(),
+              class_token ? " with a class token" : "", ", got ", angles.sizes());
   // float32, or float64 when an input is float64 (gradcheck)
   const at::ScalarType dt = (x.scalar_type() == at::kDouble || angles.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
   at::Tensor xp = x.slice(1, skip).to(dt);  // patch tokens

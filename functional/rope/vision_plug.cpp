@@ -18,9 +18,7 @@ namespace qvl::rope {
 namespace {
 
 void check_pos(const at::Tensor& pos, const char* fn) {
-  if (pos.dim() != 2 || pos.size(1) != 2) {
-    throw std::runtime_error(std::string(fn) + ": pos_hw must be [S, 2] (row, column), got " + shape_str(pos.sizes()));
-  }
+  TORCH_CHECK(pos.dim() == 2 && pos.size(1) == 2, fn, ": pos_hw must be [S, 2] (row, column), got ", pos.sizes());
 }
 
 // Per-image rows of pos_hw: (first row, count, h, w) from grid_thw.
@@ -28,9 +26,7 @@ struct ImageSpan {
   int64_t start, count, h, w;
 };
 std::vector<ImageSpan> image_spans(const at::Tensor& grid_thw, int64_t S, const char* fn) {
-  if (grid_thw.dim() != 2 || grid_thw.size(1) != 3) {
-    throw std::runtime_error(std::string(fn) + ": grid_thw must be [G, 3], got " + shape_str(grid_thw.sizes()));
-  }
+  TORCH_CHECK(grid_thw.dim() == 2 && grid_thw.size(1) == 3, fn, ": grid_thw must be [G, 3], got ", grid_thw.sizes());
   at::Tensor g = grid_thw.to(at::kCPU).to(at::kLong).contiguous();
   const int64_t* p = g.data_ptr<int64_t>();
   std::vector<ImageSpan> out;
@@ -40,10 +36,7 @@ std::vector<ImageSpan> image_spans(const at::Tensor& grid_thw, int64_t S, const 
     out.push_back({start, n, p[3 * i + 1], p[3 * i + 2]});
     start += n;
   }
-  if (start != S) {
-    throw std::runtime_error(std::string(fn) + ": grid_thw gives " + std::to_string(start) + " patches, pos_hw has " +
-                             std::to_string(S));
-  }
+  TORCH_CHECK(start == S, fn, ": grid_thw gives ", start, " patches, pos_hw has ", S);
   return out;
 }
 
@@ -93,10 +86,7 @@ VisionRope mixed_vision_rope(double theta, uint64_t seed) {
   r.build = [theta, seed](const at::Tensor& pos_hw, const at::Tensor&, int64_t layer, const VisionConfig& c) {
     check_pos(pos_hw, "rope::mixed_vision_rope");
     at::Tensor pos = pos_hw.to(at::kCPU);
-    if (layer < 0 || layer >= c.depth) {
-      throw std::runtime_error("rope::mixed_vision_rope: layer " + std::to_string(layer) + " outside depth " +
-                               std::to_string(c.depth));
-    }
+    TORCH_CHECK(layer >= 0 && layer < c.depth, "rope::mixed_vision_rope: layer ", layer, " outside depth ", c.depth);
     // angles = torch.rand(1) * 2 * torch.pi per (layer, head), from our own seeded generator
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     at::Tensor alpha = at::rand({c.depth, c.num_heads}, gen, at::kFloat) * (2 * M_PI);  // [L, H]
@@ -211,7 +201,7 @@ VisionRope parse_vision_rope(const std::string& spec) {
   if (name == "block2") return block2_vision_rope(num("theta", 100.0));
   if (name == "mixed") {
     const int64_t seed = integer("seed", 0);
-    if (seed < 0) throw std::runtime_error("parse_vision_rope: mixed: seed must be >= 0, got " + kv.at("seed"));
+    TORCH_CHECK(seed >= 0, "parse_vision_rope: mixed: seed must be >= 0, got ", kv.at("seed"));
     return mixed_vision_rope(num("theta", 10.0), static_cast<uint64_t>(seed));
   }
   // spiral
@@ -223,18 +213,20 @@ VisionRope parse_vision_rope(const std::string& spec) {
   sc.theta = num("theta", 10000.0);
   sc.pt_seq_len = integer("pt", 0);
   const int64_t same = integer("same_theta", 0);
-  if (same != 0 && same != 1) throw std::runtime_error("parse_vision_rope: spiral: same_theta must be 0 or 1, got " + kv.at("same_theta"));
+  TORCH_CHECK(same == 0 || same == 1, "parse_vision_rope: spiral: same_theta must be 0 or 1, got ", kv.at("same_theta"));
   sc.same_theta = same == 1;
   SpiralMode mode = SpiralMode::kExact;
   if (kv.count("mode")) {
     if (kv["mode"] == "clamp") mode = SpiralMode::kClamp;
-    else if (kv["mode"] != "exact") throw std::runtime_error("parse_vision_rope: spiral: mode must be clamp or exact, got '" + kv["mode"] + "'");
+    else TORCH_CHECK(kv["mode"] == "exact", "parse_vision_rope: spiral: mode must be clamp or exact, got '", kv["mode"], "'");
   }
   // Validate what does not depend on the tower's head dim now (head_dim % 4R is checked at build time).
-  if (sc.rotate < 0) throw std::runtime_error("parse_vision_rope: spiral: rotate must be >= 0, got " + kv.at("rotate"));
-  if (sc.same_theta && sc.rotate == 0) throw std::runtime_error("parse_vision_rope: spiral: same_theta=1 needs rotate > 0");
-  if (!(sc.max_freq > 0)) throw std::runtime_error("parse_vision_rope: spiral: max_freq must be > 0");
-  if (sc.truncate_percentage < 0 || sc.truncate_percentage > 1) throw std::runtime_error("parse_vision_rope: spiral: truncate must be in [0, 1]");
+  TORCH_CHECK(sc.rotate >= 0, "parse_vision_rope: spiral: rotate must be >= 0, got ", kv.at("rotate"));
+  TORCH_CHECK(!sc.same_theta || sc.rotate > 0, "parse_vision_rope: spiral: same_theta=1 needs rotate > 0, got rotate ",
+              sc.rotate);
+  TORCH_CHECK(sc.max_freq > 0, "parse_vision_rope: spiral: max_freq must be > 0, got ", sc.max_freq);
+  TORCH_CHECK(sc.truncate_percentage >= 0 && sc.truncate_percentage <= 1,
+              "parse_vision_rope: spiral: truncate must be in [0, 1], got ", sc.truncate_percentage);
   return spiral_vision_rope(sc, mode);
 }
 
