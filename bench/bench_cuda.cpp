@@ -22,6 +22,7 @@
 #include "bench/bench_timing.h"
 #include "converter/convert.h"
 #include "functional/cuda/fused.h"
+#include "functional/error.h"
 #include "functional/norm.h"
 #include "functional/rotary.h"
 #include "functional/text.h"
@@ -196,11 +197,8 @@ int main(int argc, char** argv) {
     if (mode == "rmsnorm") return bench_rmsnorm(rest);
     if (mode == "tower") return bench_tower(rest);
     throw std::runtime_error("unknown mode '" + mode + "'");
-  } catch (const c10::Error& e) {
-    std::fprintf(stderr, "qvl_bench_cuda: error: %s\n", e.what_without_backtrace());
-    return 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "qvl_bench_cuda: error: %s\n", e.what());
+    std::fprintf(stderr, "qvl_bench_cuda: error: %s\n", error_message(e).c_str());
     return 2;
   }
 }

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "functional/error.h"
 #include "functional/mlp.h"
 #include "instrument/config_json.h"
 #include "functional/model.h"
@@ -375,12 +376,9 @@ CallResult replay_call(const Recording& rec, size_t index, const Weights& root, 
     }
   } catch (const h5::CorruptError&) {
     throw;  // a damaged file is not a failed call: the caller stops with the error
-  } catch (const c10::Error& e) {
-    r.status = CallResult::Status::Error;
-    r.error = e.what_without_backtrace();
   } catch (const std::exception& e) {
     r.status = CallResult::Status::Error;
-    r.error = e.what();
+    r.error = error_message(e);
   }
   return r;
 }

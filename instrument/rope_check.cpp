@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 
+#include "functional/error.h"
 #include "functional/rope/circle.h"
 #include "instrument/h5io.h"
 #include "instrument/metrics.h"
@@ -133,10 +134,8 @@ CaseCheck check_case(const GoldenCase& c) {
   CaseResult r;
   try {
     r = it->second(c);
-  } catch (const c10::Error& e) {
-    out.error = e.what_without_backtrace();
   } catch (const std::exception& e) {
-    out.error = e.what();
+    out.error = error_message(e);
   }
   if (c.outputs.empty()) {
     // The official code raised: qvl must raise too.

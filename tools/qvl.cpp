@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "functional/error.h"
 #include "tools/convert_commands.h"
 #include "converter/convert.h"
 #include "converter/import_module_io.h"
@@ -632,13 +633,9 @@ int main(int argc, char** argv) {
     if (import_cmd->parsed()) return run_import_module_io(imp);
     if (gen_cmd->parsed()) return cmd_generate(gen_weights, gen_inputs, gen_max, gen_eos, gen_fast, rope);
     if (vit_cmd->parsed()) return vit::run_vit();
-  } catch (const c10::Error& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "qvl %s: error: %s\n", name.c_str(), e.what_without_backtrace());
-    return 2;
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "qvl %s: error: %s\n", name.c_str(), e.what());
+    std::fprintf(stderr, "qvl %s: error: %s\n", name.c_str(), error_message(e).c_str());
     return 2;
   }
   return 0;
