@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "functional/rope/block.h"  // apply_block_rope
 #include "functional/weights.h"  // shape_str
 
 namespace qvl::rope {
@@ -110,17 +111,22 @@ at::Tensor apply_pairs_complex(const at::Tensor& x, const at::Tensor& angles) {
   return y.to(x.scalar_type());
 }
 
-at::Tensor pair_rotation_matrix(const at::Tensor& angles) {
-  TORCH_CHECK(angles.dim() >= 1, "rope::pair_rotation_matrix: angles must be [..., P], got a scalar");
+at::Tensor pair_rotation_blocks(const at::Tensor& angles) {
+  TORCH_CHECK(angles.dim() >= 1, "rope::pair_rotation_blocks: angles must be [..., P], got a scalar");
   at::Tensor a = angles.to(compute_dtype(angles, at::Tensor()));
-  const int64_t P = a.size(-1);
   at::Tensor c = at::cos(a), s = at::sin(a);
   // blocks[..., p] = [[cos, -sin], [sin, cos]]                                        [..., P, 2, 2]
-  at::Tensor blocks = at::stack({at::stack({c, -s}, -1), at::stack({s, c}, -1)}, -2);
+  return at::stack({at::stack({c, -s}, -1), at::stack({s, c}, -1)}, -2);
+}
+
+at::Tensor pair_rotation_matrix(const at::Tensor& angles) {
+  TORCH_CHECK(angles.dim() >= 1, "rope::pair_rotation_matrix: angles must be [..., P], got a scalar");
+  at::Tensor blocks = pair_rotation_blocks(angles);
+  const int64_t P = angles.size(-1);
   // R[..., p, i, q, j] = blocks[..., p, i, j] * delta(p, q)                          [..., P, 2, P, 2]
-  at::Tensor eye = at::eye(P, a.options()).view({P, 1, P, 1});
+  at::Tensor eye = at::eye(P, blocks.options()).view({P, 1, P, 1});
   at::Tensor R = blocks.unsqueeze(-2) * eye;
-  std::vector<int64_t> shape = a.sizes().vec();
+  std::vector<int64_t> shape = angles.sizes().vec();
   shape.back() = 2 * P;
   shape.push_back(2 * P);
   return R.reshape(shape);  // [..., D, D]
@@ -128,10 +134,14 @@ at::Tensor pair_rotation_matrix(const at::Tensor& angles) {
 
 at::Tensor apply_pairs_matrix(const at::Tensor& x, const at::Tensor& angles) {
   check_pairs(x, angles, "rope::apply_pairs_matrix");
-  // y = R(phi) x with x as a column vector per token                                [..., N, D]
+  // x'_p = B_p x_p with B_p the 2x2 rotation of pair p, one small matrix product per pair (the block applier
+  // with b = 2); the dense D x D form, pair_rotation_matrix(angles) @ x, is the same numbers at D/2 times the work.
   const at::ScalarType dt = compute_dtype(x, angles);
-  at::Tensor y = at::matmul(pair_rotation_matrix(angles.to(dt)), x.to(dt).unsqueeze(-1)).squeeze(-1);
-  return y.to(x.scalar_type());
+  // the block applier wants a token axis on both: a lone vector or one angle row for all tokens gets one
+  const bool vec = x.dim() == 1;
+  at::Tensor xt = vec ? x.unsqueeze(0) : x, a = angles.dim() == 1 ? angles.unsqueeze(0) : angles;
+  at::Tensor y = apply_block_rope(xt.to(dt), pair_rotation_blocks(a.to(dt)));
+  return (vec ? y.squeeze(0) : y).to(x.scalar_type());
 }
 
 }  // namespace qvl::rope

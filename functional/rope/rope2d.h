@@ -87,12 +87,18 @@ at::Tensor cis(const at::Tensor& angles);
 //   out     [..., N, D]   view_as_real(view_as_complex(x) * polar(1, angles))
 at::Tensor apply_pairs_complex(const at::Tensor& x, const at::Tensor& angles);
 
-// The explicit rotation matrices: [..., D, D] float32, block-diagonal with [[cos, -sin], [sin, cos]] at
-// rows/columns (2c, 2c+1), from angles [..., D/2].
+// The rotation of each pair as an explicit 2x2 matrix: [..., D/2, 2, 2] float32 (float64 for float64 angles),
+// [[cos, -sin], [sin, cos]] per pair, from angles [..., D/2].
+at::Tensor pair_rotation_blocks(const at::Tensor& angles);
+
+// The same rotations as one dense matrix: [..., D, D], block-diagonal with pair_rotation_blocks at
+// rows/columns (2c, 2c+1). For tests and exposition; applying it costs D^2 multiply-adds per token
+// instead of 2 D.
 at::Tensor pair_rotation_matrix(const at::Tensor& angles);
 
-// Rotation-matrix form (the reference): y = R(phi) x as a matmul with pair_rotation_matrix(angles).
-// Same contract as apply_pairs_complex; equal to it up to float32 rounding (~1e-7).
+// Rotation-matrix form: y_p = B_p x_p with B_p = pair_rotation_blocks(angles)[p], applied by
+// rope::apply_block_rope (2x2 blocks). Same contract as apply_pairs_complex; equal to it and to
+// pair_rotation_matrix(angles) @ x up to float32 rounding (~1e-7).
 at::Tensor apply_pairs_matrix(const at::Tensor& x, const at::Tensor& angles);
 
 }  // namespace qvl::rope

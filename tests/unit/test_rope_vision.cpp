@@ -109,6 +109,28 @@ TEST(Rope2d, RotationMatrixIsOrthogonalAndBlockDiagonal) {
   EXPECT_FLOAT_EQ(R[3][7][6].item<float>(), std::sin(ang[3][3].item<float>()));
 }
 
+// apply_pairs_matrix applies the 2x2 blocks one pair at a time; the dense block-diagonal matrix must give the
+// same numbers (both are rotation-matrix forms; only the work differs), for every accepted angle layout.
+TEST(Rope2d, PairBlocksEqualTheDenseMatrix) {
+  auto gen = seeded(3);
+  at::Tensor ang = at::rand({7, 8}, gen) * 20.0;
+  at::Tensor B = pair_rotation_blocks(ang);  // [7, 8, 2, 2]
+  ASSERT_EQ(B.sizes(), at::IntArrayRef({7, 8, 2, 2}));
+  EXPECT_TRUE(at::equal(B, pair_rotation_matrix(ang).view({7, 8, 2, 8, 2}).diagonal(0, 1, 3).permute({0, 3, 1, 2})));
+  at::Tensor x = at::randn({2, 3, 7, 16}, gen);
+  at::Tensor dense = at::matmul(pair_rotation_matrix(ang), x.unsqueeze(-1)).squeeze(-1);
+  EXPECT_LE(max_abs(apply_pairs_matrix(x, ang), dense) / max_abs(dense), 1e-6);
+  // one angle row for every token, and a lone vector
+  at::Tensor row = ang[2];
+  at::Tensor dense_row = at::matmul(pair_rotation_matrix(row), x.unsqueeze(-1)).squeeze(-1);
+  EXPECT_LE(max_abs(apply_pairs_matrix(x, row), dense_row) / max_abs(dense_row), 1e-6);
+  at::Tensor v = x[0][0][0];
+  EXPECT_EQ(apply_pairs_matrix(v, row).sizes(), v.sizes());
+  EXPECT_LE(max_abs(apply_pairs_matrix(v, row), dense_row[0][0][0]), 1e-6);
+  // bf16 in, bf16 out (computed in float32)
+  EXPECT_EQ(apply_pairs_matrix(x.to(at::kBFloat16), ang).scalar_type(), at::kBFloat16);
+}
+
 TEST(Rope2d, MixedInitRoundTripsAlpha) {
   at::Tensor alpha = at::rand({3, 4}, seeded(3)) * (2 * M_PI);
   at::Tensor f = mixed_init_frequencies(alpha, 16, 10.0);
