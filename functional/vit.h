@@ -20,8 +20,8 @@
 //   none          [none]           nothing
 //   ape           [ape]            learned absolute embedding on the training grid
 //   axial         [axial]          RoPE-ViT axial, complex form (rope::axial_angles + apply_pairs_complex), theta 100
-//   axial-matrix  [axial-matrix]   the same angles as one D x D block-diagonal rotation matrix per token, applied
-//                                  as a matrix-vector product (pair_rotation_matrix, apply_pairs_matrix)
+//   axial-matrix  [axial-matrix]   the same angles through explicit 2x2 rotation matrices, one small matrix product
+//                                  per pair (rope::pair_rotation_blocks, apply_pairs_matrix)
 //   mixed         [mixed]          RoPE-Mixed, learned per layer and head (rope::mixed_angles), theta 10
 //   block:N       [block:2..]      N x N blocks: exp of axis-partition generators (rope::generators_axis_partition,
 //                                  block_rotations, apply_block_rope), theta 100. The blocks must split evenly
