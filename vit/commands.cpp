@@ -50,7 +50,7 @@ DistOpts g_dist;
 int64_t g_train_subset = 0;
 std::string g_losses_out;
 std::string g_out = "vit_model.h5", g_model_path, g_positions = "extend", g_sweep_out = "results/vit", g_plot_python;
-bool g_no_eval = false;
+bool g_no_eval = false, g_tables_only = false;
 std::vector<int64_t> g_resolutions, g_seeds = {0, 1, 2};
 std::vector<std::string> g_variants = {"none",    "ape",     "axial",   "axial-matrix", "mixed",    "block:2",
                                        "block:3", "block:4", "block:5", "block:6",      "spiral:4", "spiral:8"};
@@ -205,6 +205,16 @@ Stat stat(const std::vector<double>& v) {
   return s;
 }
 
+// "mean ± sd" over two or more values; one value alone is printed bare (it has no spread to show).
+std::string fmt_stat(const Stat& st, int decimals) {
+  char b[64];
+  if (st.n >= 2)
+    std::snprintf(b, sizeof b, "%.*f ± %.*f", decimals, st.mean, decimals, st.sd);
+  else
+    std::snprintf(b, sizeof b, "%.*f", decimals, st.mean);
+  return b;
+}
+
 // Aggregates every run file into <out>/<dataset>.json and .md (atomically).
 void aggregate(const std::string& out_dir, const std::string& dataset, const std::vector<std::string>& order, double sweep_wall_s) {
   const fs::path runs_dir = fs::path(out_dir) / "runs" / dataset;
@@ -268,10 +278,7 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
       for (const auto& r : res_keys) {
         std::vector<double> a;
         for (const auto& [s, j] : runs[v]) a.push_back(100 * acc_of(j, m, r));
-        Stat st = stat(a);
-        char b[64];
-        std::snprintf(b, sizeof b, " %.2f ± %.2f |", st.mean, st.sd);
-        md << b;
+        md << " " << fmt_stat(stat(a), 2) << " |";
       }
       md << "\n";
     }
@@ -289,7 +296,9 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
           if (runs["axial"].count(s)) d.push_back(100 * (acc_of(j, m, r) - acc_of(runs["axial"][s], m, r)));
         Stat st = stat(d);
         if (st.n < 2) {
-          md << (st.n == 1 ? " " + std::to_string(st.mean).substr(0, 5) + " (1 seed) |" : " - |");
+          char b[48];
+          std::snprintf(b, sizeof b, " %+.2f (1 seed) |", st.mean);
+          md << (st.n == 1 ? std::string(b) : std::string(" - |"));
           continue;
         }
         const double h = t975(st.n - 1) * st.sd / std::sqrt(double(st.n));
@@ -312,10 +321,10 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
       sf.push_back(100 * j["rope"]["share_of_forward"].get<double>());
       ss.push_back(100 * j["rope"]["share_of_step"].get<double>());
     }
-    Stat a = stat(tr), b = stat(ev), c = stat(sf), d = stat(ss);
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "| %s | %.0f ± %.0f | %.0f ± %.0f | %.1f%% | %.1f%% |\n", v.c_str(), a.mean, a.sd, b.mean, b.sd, c.mean, d.mean);
-    md << buf;
+    Stat c = stat(sf), d = stat(ss);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " %.1f%% | %.1f%% |\n", c.mean, d.mean);
+    md << "| " << v << " | " << fmt_stat(stat(tr), 0) << " | " << fmt_stat(stat(ev), 0) << " |" << buf;
   }
   // matrix / complex ratio, paired by seed (the sweep runs axial and axial-matrix back to back per seed)
   json ratio = json::object();
@@ -329,9 +338,9 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
     Stat a = stat(rt), b = stat(re);
     ratio = {{"train_speed_ratio_mean", a.mean}, {"train_speed_ratio_sd", a.sd}, {"eval_speed_ratio_mean", b.mean}, {"pairs", a.n}};
     char buf[200];
-    std::snprintf(buf, sizeof buf, "\nMatrix form / complex form speed (axial-matrix img/s ÷ axial img/s, paired by seed, n = %lld): train %.3f ± %.3f, eval %.3f.\n",
-                  (long long)a.n, a.mean, a.sd, b.mean);
-    md << buf;
+    std::snprintf(buf, sizeof buf, "\nMatrix form / complex form speed (axial-matrix img/s ÷ axial img/s, paired by seed, n = %lld): train ",
+                  (long long)a.n);
+    md << buf << fmt_stat(a, 3) << ", eval " << fmt_stat(b, 3) << ".\n";
   }
   agg["matrix_over_complex"] = ratio;
   agg["runs"] = n_runs;
@@ -365,12 +374,29 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
   write_text_atomic((fs::path(out_dir) / (dataset + ".md")).string(), md.str());
 }
 
+// Redraws <out>/<dataset>.png from <dataset>.json with --plot-python (scripts/plot_vit.py); nothing without it.
+void plot(const std::string& ds) {
+  if (g_plot_python.empty()) return;
+  const std::string cmd = "'" + g_plot_python + "' '" + std::string(QVL_SOURCE_DIR) + "/scripts/plot_vit.py' '" +
+                          (fs::path(g_sweep_out) / (ds + ".json")).string() + "' '" + (fs::path(g_sweep_out) / (ds + ".png")).string() + "'";
+  if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "plot failed: %s\n", cmd.c_str());
+}
+
 int cmd_sweep() {
+  const std::string ds = g_common.dataset == "fashion-mnist" ? "fashion_mnist" : g_common.dataset;
+  if (g_tables_only) {
+    const fs::path runs_dir = fs::path(g_sweep_out) / "runs" / ds;
+    if (!fs::is_directory(runs_dir)) throw std::runtime_error("vit sweep --tables-only: no run files under '" + runs_dir.string() + "'");
+    aggregate(g_sweep_out, ds, g_variants, 0);
+    plot(ds);
+    std::printf("tables rewritten from %s: %s/%s.{json,md}%s\n", runs_dir.c_str(), g_sweep_out.c_str(), ds.c_str(),
+                g_plot_python.empty() ? "" : " and .png");
+    return 0;
+  }
   setup_threads();
   const double t_sweep = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   Dataset tr = take(load_dataset(g_common.dataset, g_common.data, true), g_train_subset);
   Dataset te = load_dataset(g_common.dataset, g_common.data, false);
-  const std::string ds = g_common.dataset == "fashion-mnist" ? "fashion_mnist" : g_common.dataset;
   const fs::path runs_dir = fs::path(g_sweep_out) / "runs" / ds;
   fs::create_directories(runs_dir);
   for (const auto& v : g_variants) model_config(v, tr);  // every spec valid before the first run
@@ -426,11 +452,7 @@ int cmd_sweep() {
                    v.c_str(), (long long)seed, 100 * j["eval"]["extend"].value("28", json{{"accuracy", 0.0}})["accuracy"].get<double>(),
                    r.images_per_s, t1 - t0, file.c_str());
       aggregate(g_sweep_out, ds, g_variants, 0);
-      if (!g_plot_python.empty()) {
-        const std::string cmd = "'" + g_plot_python + "' '" + std::string(QVL_SOURCE_DIR) + "/scripts/plot_vit.py' '" +
-                                (fs::path(g_sweep_out) / (ds + ".json")).string() + "' '" + (fs::path(g_sweep_out) / (ds + ".png")).string() + "'";
-        if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "plot failed: %s\n", cmd.c_str());
-      }
+      plot(ds);
     }
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() - t_sweep;
   aggregate(g_sweep_out, ds, g_variants, wall);
@@ -498,6 +520,7 @@ CLI::App* add_vit_command(CLI::App& app) {
   g_sweep_cmd->add_option("--seeds", g_seeds, "Seeds")->capture_default_str();
   g_sweep_cmd->add_option("--resolutions", g_resolutions, "Test resolutions (default 20 28 36 44 56)");
   g_sweep_cmd->add_option("--out", g_sweep_out, "Results folder: runs/<dataset>/<run>.json, <dataset>.json, <dataset>.md")->capture_default_str();
+  g_sweep_cmd->add_flag("--tables-only", g_tables_only, "Run nothing: rewrite <dataset>.json and .md (and the PNG with --plot-python) from the run files in --out");
   g_sweep_cmd->add_option("--plot-python", g_plot_python, "Python with matplotlib (scripts/plot_env.sh): redraw <dataset>.png after each run");
   return g_vit;
 }

@@ -502,6 +502,23 @@ TEST(VitSweep, WritesRunsAndTablesAndResumes) {
   EXPECT_NE(again.output.find("axial seed 0: done earlier"), std::string::npos) << again.output;
   EXPECT_NE(again.output.find("none seed 0: done earlier"), std::string::npos) << again.output;
   EXPECT_EQ(fs::last_write_time(runs + "axial_seed0.json"), stamp);
+  // one seed: values are printed bare (no "± 0.00" spread), the single-seed difference carries its sign
+  const std::string none_row = md.substr(md.find("| none | 1 |"), md.find('\n', md.find("| none | 1 |")) - md.find("| none | 1 |"));
+  EXPECT_EQ(none_row.find("±"), std::string::npos) << none_row;
+  EXPECT_TRUE(md.find("| none | +") != std::string::npos || md.find("| none | -") != std::string::npos) << md;
+  EXPECT_NE(md.find(" (1 seed) |"), std::string::npos) << md;
+  // --tables-only rewrites the tables from the run files and trains nothing
+  fs::remove(d.file("vit/fashion_mnist.md"));
+  auto tables = testing::run_qvl(" vit sweep --tables-only --out " + d.file("vit"));
+  ASSERT_EQ(tables.exit_code, 0) << tables.output;
+  EXPECT_EQ(tables.output.find("seed 0"), std::string::npos) << tables.output;
+  std::ifstream md2_in(d.file("vit/fashion_mnist.md"));
+  const std::string md2((std::istreambuf_iterator<char>(md2_in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(md2.substr(md2.find("## Top-1")), md.substr(md.find("## Top-1")));
+  EXPECT_EQ(fs::last_write_time(runs + "axial_seed0.json"), stamp);
+  auto none = testing::run_qvl(" vit sweep --tables-only --out " + d.file("nothing_here"));
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_NE(none.output.find("no run files under"), std::string::npos) << none.output;
 }
 
 // Two processes over loopback (c10d Gloo), each with half of every batch, against one process with the
