@@ -295,10 +295,14 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
         for (const auto& [s, j] : runs[v])
           if (runs["axial"].count(s)) d.push_back(100 * (acc_of(j, m, r) - acc_of(runs["axial"][s], m, r)));
         Stat st = stat(d);
-        if (st.n < 2) {
+        if (st.n == 0) {
+          md << " - |";
+          continue;
+        }
+        if (st.n == 1) {
           char b[48];
           std::snprintf(b, sizeof b, " %+.2f (1 seed) |", st.mean);
-          md << (st.n == 1 ? std::string(b) : std::string(" - |"));
+          md << b;
           continue;
         }
         const double h = t975(st.n - 1) * st.sd / std::sqrt(double(st.n));
@@ -384,8 +388,8 @@ void plot(const std::string& ds) {
 
 int cmd_sweep() {
   const std::string ds = g_common.dataset == "fashion-mnist" ? "fashion_mnist" : g_common.dataset;
+  const fs::path runs_dir = fs::path(g_sweep_out) / "runs" / ds;
   if (g_tables_only) {
-    const fs::path runs_dir = fs::path(g_sweep_out) / "runs" / ds;
     if (!fs::is_directory(runs_dir)) throw std::runtime_error("vit sweep --tables-only: no run files under '" + runs_dir.string() + "'");
     aggregate(g_sweep_out, ds, g_variants, 0);
     plot(ds);
@@ -397,7 +401,6 @@ int cmd_sweep() {
   const double t_sweep = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   Dataset tr = take(load_dataset(g_common.dataset, g_common.data, true), g_train_subset);
   Dataset te = load_dataset(g_common.dataset, g_common.data, false);
-  const fs::path runs_dir = fs::path(g_sweep_out) / "runs" / ds;
   fs::create_directories(runs_dir);
   for (const auto& v : g_variants) model_config(v, tr);  // every spec valid before the first run
   const std::vector<int64_t> res = resolutions_or({20, 28, 36, 44, 56});
