@@ -1,8 +1,6 @@
 #include "converter/import_module_io.h"
 
-#include <spawn.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -16,9 +14,9 @@
 #include "converter/shapes.h"
 #include "instrument/config_json.h"
 #include "instrument/h5io.h"
+#include "instrument/process.h"
 #include "instrument/recording.h"
 
-extern char** environ;
 
 #ifndef QVL_SOURCE_DIR
 #define QVL_SOURCE_DIR "."
@@ -38,22 +36,6 @@ std::string read_text(const std::string& path) {
   std::ostringstream os;
   os << f.rdbuf();
   return os.str();
-}
-
-// Runs argv[0] with argv, stdout and stderr inherited; returns the exit status (128 + signal if killed).
-int run_process(const std::vector<std::string>& argv) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  std::fflush(stdout);
-  std::fflush(stderr);
-  pid_t pid = 0;
-  if (int rc = posix_spawnp(&pid, args[0], nullptr, nullptr, args.data(), environ); rc != 0)
-    throw std::runtime_error("cannot start '" + argv[0] + "': " + std::strerror(rc));
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) throw std::runtime_error("waiting for '" + argv[0] + "' failed");
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 // Removes a file when it goes out of scope (the intermediate safetensors file).

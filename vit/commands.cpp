@@ -1,7 +1,11 @@
 #include "vit/commands.h"
 
 #include <ATen/Parallel.h>
+#include <sys/prctl.h>
 #include <unistd.h>
+
+#include <csignal>
+#include <thread>
 
 #include <chrono>
 #include <cmath>
@@ -13,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "instrument/process.h"
 #include "vit/dist.h"
 #include "vit/train.h"
 
@@ -51,6 +56,8 @@ int64_t g_train_subset = 0;
 std::string g_losses_out;
 std::string g_out = "vit_model.h5", g_model_path, g_positions = "extend", g_sweep_out = "results/vit", g_plot_python;
 bool g_no_eval = false, g_tables_only = false;
+int64_t g_jobs = 1;
+std::string g_shard;  // "i/N": this process runs the i-th of N shares of a --jobs sweep
 std::vector<int64_t> g_resolutions, g_seeds = {0, 1, 2};
 std::vector<std::string> g_variants = {"none",    "ape",     "axial",   "axial-matrix", "mixed",    "block:2",
                                        "block:3", "block:4", "block:5", "block:6",      "spiral:4", "spiral:8"};
@@ -386,6 +393,50 @@ void plot(const std::string& ds) {
   if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "plot failed: %s\n", cmd.c_str());
 }
 
+size_t count_run_files(const fs::path& runs_dir) {
+  size_t n = 0;
+  if (fs::is_directory(runs_dir))
+    for (const auto& e : fs::directory_iterator(runs_dir)) n += e.path().extension() == ".json";
+  return n;
+}
+
+// --jobs N: starts N copies of this very command, each with --shard i/N (run k of the seed-major order goes
+// to share (k-1) mod N), and rewrites the tables (and the PNG) whenever a run file appears. Each share keeps
+// the --threads it was given, so `--jobs 2 --threads 1` runs two single-threaded trainings side by side.
+int sweep_parent(const std::string& ds, const fs::path& runs_dir) {
+  const double t0 = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  const std::vector<std::string> argv = own_command_line();
+  std::vector<pid_t> pids;
+  for (int64_t i = 0; i < g_jobs; ++i) {
+    std::vector<std::string> a = argv;
+    a.insert(a.end(), {"--shard", std::to_string(i) + "/" + std::to_string(g_jobs)});
+    pids.push_back(spawn_process(a));
+  }
+  std::vector<int> rcs(pids.size(), -1);
+  size_t seen = count_run_files(runs_dir), running = pids.size();
+  while (running > 0) {
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    for (size_t i = 0; i < pids.size(); ++i)
+      if (rcs[i] < 0 && (rcs[i] = wait_process(pids[i], false)) >= 0) --running;
+    if (const size_t n = count_run_files(runs_dir); n != seen) {
+      seen = n;
+      aggregate(g_sweep_out, ds, g_variants, 0);
+      plot(ds);
+    }
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() - t0;
+  if (seen > 0) {
+    aggregate(g_sweep_out, ds, g_variants, wall);
+    plot(ds);
+  }
+  std::string failed;
+  for (size_t i = 0; i < rcs.size(); ++i)
+    if (rcs[i] != 0) failed += " share " + std::to_string(i) + "/" + std::to_string(g_jobs) + " exited with " + std::to_string(rcs[i]) + ";";
+  if (!failed.empty()) throw std::runtime_error("vit sweep --jobs:" + failed + " the finished runs are kept; run the sweep again to resume");
+  std::printf("sweep: %lld shares done, %.0f s wall; results in %s/%s.{json,md}\n", (long long)g_jobs, wall, g_sweep_out.c_str(), ds.c_str());
+  return 0;
+}
+
 int cmd_sweep() {
   const std::string ds = g_common.dataset == "fashion-mnist" ? "fashion_mnist" : g_common.dataset;
   const fs::path runs_dir = fs::path(g_sweep_out) / "runs" / ds;
@@ -397,6 +448,14 @@ int cmd_sweep() {
                 g_plot_python.empty() ? "" : " and .png");
     return 0;
   }
+  if (g_jobs > 1 && g_shard.empty()) return sweep_parent(ds, runs_dir);
+  int64_t shard = 0, shards = 1;
+  if (!g_shard.empty()) {
+    if (std::sscanf(g_shard.c_str(), "%ld/%ld", &shard, &shards) != 2 || shards < 1 || shard < 0 || shard >= shards)
+      throw std::runtime_error("vit sweep --shard '" + g_shard + "': expected i/N with 0 <= i < N");
+    prctl(PR_SET_PDEATHSIG, SIGTERM);  // a share dies with the sweep that started it
+  }
+  const bool tables = shards == 1;      // with --jobs, the parent alone writes the tables
   setup_threads();
   const double t_sweep = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   Dataset tr = take(load_dataset(g_common.dataset, g_common.data, true), g_train_subset);
@@ -411,6 +470,7 @@ int cmd_sweep() {
   for (int64_t seed : g_seeds)
     for (const auto& v : g_variants) {
       ++k;
+      if ((k - 1) % shards != shard) continue;  // another share's run
       const fs::path file = runs_dir / (run_name(v, seed) + ".json");
       if (fs::exists(file)) {
         std::fprintf(stderr, "[%lld/%lld] %s seed %lld: done earlier (%s)\n", (long long)k, (long long)total, v.c_str(), (long long)seed, file.c_str());
@@ -423,7 +483,8 @@ int cmd_sweep() {
       TrainResult r = train(c, tr, o);
       json j = {{"variant", v}, {"seed", seed}, {"dataset", ds}, {"config", json::parse(c.to_json())},
                 {"options", {{"epochs", o.epochs}, {"batch", o.batch}, {"lr", o.lr}, {"weight_decay", o.weight_decay}, {"warmup", o.warmup},
-                             {"shift", o.shift}, {"flip", o.flip}, {"train_images", tr.size()}, {"max_steps", o.max_steps}}},
+                             {"shift", o.shift}, {"shift_until", o.shift_until},
+                             {"label_smoothing", o.label_smoothing}, {"flip", o.flip}, {"train_images", tr.size()}, {"max_steps", o.max_steps}}},
                 {"threads", at::get_num_threads()}, {"device", o.device}, {"cpu", cpu_model()}};
       json losses = json::array();
       for (size_t i = 0; i < r.losses.size(); i += 10) losses.push_back(r.losses[i]);
@@ -454,9 +515,12 @@ int cmd_sweep() {
       std::fprintf(stderr, "[%lld/%lld] %s seed %lld: %.2f%% at 28px, %.0f train img/s, %.0f s -> %s\n", (long long)k, (long long)total,
                    v.c_str(), (long long)seed, 100 * j["eval"]["extend"].value("28", json{{"accuracy", 0.0}})["accuracy"].get<double>(),
                    r.images_per_s, t1 - t0, file.c_str());
-      aggregate(g_sweep_out, ds, g_variants, 0);
-      plot(ds);
+      if (tables) {
+        aggregate(g_sweep_out, ds, g_variants, 0);
+        plot(ds);
+      }
     }
+  if (!tables) return 0;
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() - t_sweep;
   aggregate(g_sweep_out, ds, g_variants, wall);
   std::printf("sweep: %lld runs now, %lld done earlier, %.0f s wall; results in %s/%s.{json,md}\n", (long long)done_now,
@@ -486,6 +550,9 @@ void add_model_and_train(CLI::App* cmd) {
   cmd->add_option("--weight-decay", g_train.weight_decay, "AdamW weight decay (matrices only)")->capture_default_str();
   cmd->add_option("--warmup", g_train.warmup, "Warm-up fraction of the steps")->capture_default_str();
   cmd->add_option("--shift", g_train.shift, "Random shift augmentation in pixels (0: off)")->capture_default_str();
+  cmd->add_option("--shift-until", g_train.shift_until, "Fraction of the steps that get the shift (the rest train on clean images)")
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  cmd->add_option("--label-smoothing", g_train.label_smoothing, "Cross-entropy label smoothing")->check(CLI::Range(0.0, 0.99))->capture_default_str();
   cmd->add_option("--flip", g_train.flip, "Random horizontal flips (true/false)")->capture_default_str();
   cmd->add_option("--train-subset", g_train_subset, "Use only the first N training images (0: all)")->capture_default_str();
 }
@@ -524,6 +591,9 @@ CLI::App* add_vit_command(CLI::App& app) {
   g_sweep_cmd->add_option("--resolutions", g_resolutions, "Test resolutions (default 20 28 36 44 56)");
   g_sweep_cmd->add_option("--out", g_sweep_out, "Results folder: runs/<dataset>/<run>.json, <dataset>.json, <dataset>.md")->capture_default_str();
   g_sweep_cmd->add_flag("--tables-only", g_tables_only, "Run nothing: rewrite <dataset>.json and .md (and the PNG with --plot-python) from the run files in --out");
+  g_sweep_cmd->add_option("--jobs", g_jobs, "Runs side by side: this many copies of the sweep, each with --threads threads (e.g. --jobs 2 --threads 1)")
+      ->check(CLI::Range(int64_t(1), int64_t(64)))->capture_default_str();
+  g_sweep_cmd->add_option("--shard", g_shard, "Internal (set by --jobs): run only share i of N, write no tables")->group("");
   g_sweep_cmd->add_option("--plot-python", g_plot_python, "Python with matplotlib (scripts/plot_env.sh): redraw <dataset>.png after each run");
   return g_vit;
 }

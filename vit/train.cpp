@@ -118,6 +118,12 @@ TrainResult train(const VitConfig& c, const Dataset& data, const TrainOptions& o
   int64_t total = per_epoch * o.epochs;
   if (o.max_steps > 0) total = std::min(total, o.max_steps);
   const int64_t local = o.batch / world;
+  if (o.shift_until < 0 || o.shift_until > 1)
+    throw std::runtime_error("vit train: shift_until " + std::to_string(o.shift_until) + " must lie in [0, 1]");
+  if (o.label_smoothing < 0 || o.label_smoothing >= 1)
+    throw std::runtime_error("vit train: label_smoothing " + std::to_string(o.label_smoothing) + " must lie in [0, 1)");
+  // steps [0, shift_steps) are shifted
+  const int64_t shift_steps = int64_t(std::llround(o.shift_until * double(total)));
 
   TrainResult r;
   r.weights = map_weights(init(c, o.seed), dev, true);
@@ -148,7 +154,7 @@ TrainResult train(const VitConfig& c, const Dataset& data, const TrainOptions& o
     double correct = 0, seen = 0, loss_sum = 0;
     for (int64_t s = 0; s < per_epoch && step < total; ++s, ++step) {
       at::Tensor idx = perm.slice(0, s * o.batch, (s + 1) * o.batch);
-      at::Tensor imgs = augment(data.images.index_select(0, idx), o.shift, o.flip, gen);
+      at::Tensor imgs = augment(data.images.index_select(0, idx), step < shift_steps ? o.shift : 0, o.flip, gen);
       at::Tensor labels = data.labels.index_select(0, idx);
       if (world > 1) {
         imgs = imgs.slice(0, rank * local, (rank + 1) * local);
@@ -160,7 +166,7 @@ TrainResult train(const VitConfig& c, const Dataset& data, const TrainOptions& o
       const double tf = now_s();
       at::Tensor logits = forward(r.weights, c, normalise(imgs, dev), Positions::Extend, tables, &r.rope);
       at::Tensor y = labels.to(dev);
-      at::Tensor loss = at::cross_entropy_loss(logits, y);
+      at::Tensor loss = at::cross_entropy_loss(logits, y, {}, at::Reduction::Mean, -100, o.label_smoothing);
       r.forward_s += now_s() - tf;
       loss.backward();
       at::Tensor stats = at::stack({loss.detach(), (logits.detach().argmax(1) == y).sum().to(at::kFloat) / double(local)}).to(at::kDouble).cpu();

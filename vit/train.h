@@ -2,8 +2,9 @@
 //
 // Protocol: AdamW (betas 0.9/0.999, eps 1e-8, ATen's fused kernel; weight decay on matrices only), one-cycle learning rate (linear warm-up
 // from lr/25 over the first `warmup` fraction of the steps, then cosine to ~0), cross-entropy, pixels
-// scaled to [-1, 1]. Augmentation (per image, drawn from the run's seed): a random shift of up to `shift`
-// pixels (zero padding, i.e. background) and a horizontal flip with probability 1/2.
+// scaled to [-1, 1], optional label smoothing. Augmentation (per image, drawn from the run's seed): a random
+// shift of up to `shift` pixels (zero padding, i.e. background) over the first `shift_until` of the steps, and
+// a horizontal flip with probability 1/2.
 // Determinism: the shuffle and the augmentation come from a CPU generator seeded with `seed`, the
 // initialisation from init(cfg, seed); with one thread two runs give the same losses bit for bit.
 // Data parallel: with a `Reducer`, every rank draws the same global batch and augmentation, trains on its
@@ -36,6 +37,8 @@ struct TrainOptions {
   double weight_decay = 0.05;
   double warmup = 0.1;            // fraction of the steps
   int64_t shift = 2;              // random shift in pixels (0: none)
+  double shift_until = 1.0;       // fraction of the steps that get the shift (the rest train on clean images)
+  double label_smoothing = 0.0;   // cross-entropy label smoothing
   bool flip = true;
   uint64_t seed = 0;
   std::string device = "cpu";     // "cpu" or "cuda"

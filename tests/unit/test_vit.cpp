@@ -436,6 +436,45 @@ TEST(VitTrain, SameSeedSameLossesOnOneThread) {
   at::set_num_threads(before);
 }
 
+// --shift-until: the shifted steps draw exactly what a fully shifted run draws, the rest train on clean images
+// (what a shift of 0 draws); --label-smoothing reaches the loss; out-of-range values are refused.
+TEST(VitTrain, ShiftUntilAndLabelSmoothing) {
+  REQUIRE_FMNIST();
+  const int before = at::get_num_threads();
+  at::set_num_threads(1);
+  Dataset tr = take(load_fashion_mnist("", true), 640);
+  VitConfig c = small_config("axial");
+  TrainOptions o;
+  o.batch = 64;
+  o.max_steps = 8;
+  o.seed = 3;
+  o.progress = false;
+  o.shift = 2;
+  const std::vector<double> shifted = train(c, tr, o).losses;
+  o.shift_until = 0;
+  const std::vector<double> until0 = train(c, tr, o).losses;
+  o.shift = 0;
+  o.shift_until = 1;
+  EXPECT_EQ(until0, train(c, tr, o).losses) << "shift_until 0 must train on clean images only";
+  EXPECT_NE(until0, shifted);
+  o.shift = 2;
+  o.shift_until = 0.5;  // steps 0-3 shifted
+  const std::vector<double> half = train(c, tr, o).losses;
+  ASSERT_EQ(half.size(), 8u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(half[i], shifted[i]) << "step " << i;
+  EXPECT_NE(std::vector<double>(half.begin() + 4, half.end()), std::vector<double>(shifted.begin() + 4, shifted.end()));
+  o.shift_until = 1;
+  o.label_smoothing = 0.1;
+  const std::vector<double> smooth = train(c, tr, o).losses;
+  EXPECT_NE(smooth, shifted) << "label smoothing changed nothing";
+  o.label_smoothing = 1.0;
+  EXPECT_THROW(train(c, tr, o), std::runtime_error);
+  o.label_smoothing = 0;
+  o.shift_until = 1.5;
+  EXPECT_THROW(train(c, tr, o), std::runtime_error);
+  at::set_num_threads(before);
+}
+
 TEST(VitTrain, SaveLoadIdenticalLogits) {
   REQUIRE_FMNIST();
   Dataset tr = take(load_fashion_mnist("", true), 256);
@@ -523,6 +562,38 @@ TEST(VitSweep, WritesRunsAndTablesAndResumes) {
 
 // Two processes over loopback (c10d Gloo), each with half of every batch, against one process with the
 // combined batch: the same losses step by step, to float tolerance.
+// --jobs 2: two single-threaded shares split the runs; every run equals the one-process sweep's (one thread
+// each, so bit for bit), and the parent writes the tables.
+TEST(VitSweep, JobsSplitTheRunsAndMatchOneProcess) {
+  REQUIRE_FMNIST();
+  testing::TempDir d;
+  const std::string cmd = " vit sweep --variants none axial mixed --seeds 0 --depth 1 --train-subset 256 --batch 64 --max-steps 2"
+                          " --resolutions 28 36 --threads 1 --no-progress --out ";
+  auto one = testing::run_qvl(cmd + d.file("one"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  auto two = testing::run_qvl(cmd + d.file("two") + " --jobs 2");
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  EXPECT_NE(two.output.find("2 shares done"), std::string::npos) << two.output;
+  for (const char* run : {"none_seed0.json", "axial_seed0.json", "mixed_seed0.json"}) {
+    auto read = [&](const std::string& dir) {
+      std::ifstream f(d.file(dir + "/runs/fashion_mnist/" + run));
+      EXPECT_TRUE(f.good()) << dir << "/" << run << "\n" << two.output;
+      return nlohmann::json::parse(std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>()), nullptr, false);
+    };
+    const nlohmann::json a = read("one"), b = read("two");
+    ASSERT_FALSE(a.is_discarded() || b.is_discarded()) << run;
+    EXPECT_EQ(a["train"]["loss_every_10"], b["train"]["loss_every_10"]) << run;
+    for (const char* m : {"extend", "rescale"})
+      for (const char* r : {"28", "36"}) EXPECT_EQ(a["eval"][m][r]["accuracy"], b["eval"][m][r]["accuracy"]) << run << " " << m << " " << r;
+  }
+  std::ifstream md_in(d.file("two/fashion_mnist.md"));
+  const std::string md((std::istreambuf_iterator<char>(md_in)), std::istreambuf_iterator<char>());
+  for (const char* want : {"| none | 1 |", "| axial | 1 |", "| mixed | 1 |"}) EXPECT_NE(md.find(want), std::string::npos) << want << "\n" << md;
+  auto bad = testing::run_qvl(cmd + d.file("bad") + " --shard 2/2");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--shard '2/2'"), std::string::npos) << bad.output;
+}
+
 TEST(VitDist, TwoProcessesEqualOneProcessWithTheCombinedBatch) {
   REQUIRE_FMNIST();
   testing::TempDir d;
