@@ -5,6 +5,12 @@ batch, threads, data and training protocol, run interleaved (qvl, torch, qvl, to
 train and eval images/s, and the qvl / torch ratios (median of the pairs).
 
   python bench/bench_vit.py --binary build/qvl --pairs 3 --max-steps 60 --threads 2
+
+With --side-by-side J it measures what `qvl vit sweep --jobs J --threads 1` buys instead: one qvl run with
+--threads J against J single-threaded qvl runs started together (seeds 0..J-1), interleaved, and prints the
+throughput ratio (images trained per second of wall time, all J runs together / the one run).
+
+  python bench/bench_vit.py --binary build/qvl --pairs 3 --max-steps 200 --side-by-side 2
 """
 import argparse
 import os
@@ -13,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 here = os.path.dirname(os.path.abspath(__file__))
 
@@ -35,6 +42,39 @@ def parse(out):
     return float(tr.group(1)), float(ev.group(1))
 
 
+def side_by_side(a):
+    j = a.side_by_side
+    print(f"CPU: {cpu_model()}; batch {a.batch}; {a.max_steps} training steps per run, no evaluation; "
+          f"one run with --threads {j} against {j} one-thread runs side by side")
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        def start(threads, seed):
+            argv = [a.binary, "vit", "train", "--rope", "axial", "--threads", str(threads), "--batch", str(a.batch), "--seed", str(seed),
+                    "--max-steps", str(a.max_steps), "--no-eval", "--no-progress", "-o", os.path.join(tmp, f"m{seed}.h5")]
+            return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        def finish(procs):
+            outs = [p.communicate()[0] for p in procs]
+            for p, out in zip(procs, outs):
+                if p.returncode != 0:
+                    sys.exit(out)
+            return outs
+
+        for i in range(a.pairs):
+            t0 = time.perf_counter()
+            finish([start(j, 0)])
+            one = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            finish([start(1, s) for s in range(j)])
+            many = time.perf_counter() - t0
+            ratio = j * one / many
+            ratios.append(ratio)
+            print(f"pair {i + 1}: one {j}-thread run {one:.1f} s; {j} one-thread runs side by side {many:.1f} s; "
+                  f"throughput ratio {ratio:.3f}", flush=True)
+    print(f"{j} one-thread runs / one {j}-thread run, images per second of wall time (median of {a.pairs} pairs): "
+          f"{statistics.median(ratios):.3f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=os.path.join(here, "..", "build", "qvl"))
@@ -42,7 +82,11 @@ def main():
     ap.add_argument("--max-steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--side-by-side", type=int, default=0, metavar="J",
+                    help="compare one run with --threads J against J one-thread runs at once (no evaluation)")
     a = ap.parse_args()
+    if a.side_by_side > 0:
+        return side_by_side(a)
     print(f"CPU: {cpu_model()}; threads {a.threads}; batch {a.batch}; {a.max_steps} training steps + 10,000 test images per run")
     ratios_t, ratios_e = [], []
     with tempfile.TemporaryDirectory() as tmp:

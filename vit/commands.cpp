@@ -265,6 +265,26 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
      << " s of run time). Accuracy is top-1 on the test set, mean ± sample std over seeds. Δ is the paired"
         " difference against `axial` (same seeds) with a 95% t-interval; `~` marks a difference the seeds cannot"
         " resolve (the interval contains 0).\n\n";
+  // Runs made with other training options (a changed default, a resumed sweep with other flags) do not belong
+  // in one table: say so in the table and on stderr. Files from before an option existed get its default.
+  std::map<std::string, std::vector<std::string>> protocols;  // options -> runs
+  for (const auto& [v, by_seed] : runs)
+    for (const auto& [s, j] : by_seed) {
+      json o = j.value("options", json::object());
+      if (!o.contains("shift_until")) o["shift_until"] = 1.0;
+      if (!o.contains("label_smoothing")) o["label_smoothing"] = 0.0;
+      protocols[o.dump()].push_back(run_name(v, s));
+    }
+  if (protocols.size() > 1) {
+    md << "**Warning: these runs were trained with " << protocols.size() << " different sets of options**, so the"
+          " rows are not comparable:\n\n";
+    for (const auto& [o, names] : protocols) {
+      md << "- " << names.size() << " runs (" << names.front() << (names.size() > 1 ? ", ..." : "") << "): `" << o << "`\n";
+      std::fprintf(stderr, "vit sweep: warning: %zu runs in %s (e.g. %s) were trained with options %s\n", names.size(),
+                   runs_dir.c_str(), names.front().c_str(), o.c_str());
+    }
+    md << "\n";
+  }
   if (!runs.empty()) {
     const json& any = runs.begin()->second.begin()->second;
     json model = any["config"];  // the shared architecture: the position encoding differs per row

@@ -555,13 +555,22 @@ TEST(VitSweep, WritesRunsAndTablesAndResumes) {
   const std::string md2((std::istreambuf_iterator<char>(md2_in)), std::istreambuf_iterator<char>());
   EXPECT_EQ(md2.substr(md2.find("## Top-1")), md.substr(md.find("## Top-1")));
   EXPECT_EQ(fs::last_write_time(runs + "axial_seed0.json"), stamp);
+  EXPECT_EQ(md.find("Warning"), std::string::npos) << md;
+  // a resumed sweep with other training options adds a run the table must not silently mix in
+  std::string more = cmd;
+  more.replace(more.find("none axial"), 10, "none axial mixed");
+  auto mixed = testing::run_qvl(more + " --label-smoothing 0.1");
+  ASSERT_EQ(mixed.exit_code, 0) << mixed.output;
+  EXPECT_NE(mixed.output.find("warning: 1 runs"), std::string::npos) << mixed.output;
+  std::ifstream md3_in(d.file("vit/fashion_mnist.md"));
+  const std::string md3((std::istreambuf_iterator<char>(md3_in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(md3.find("trained with 2 different sets of options"), std::string::npos) << md3;
+  EXPECT_NE(md3.find("\"label_smoothing\":0.1"), std::string::npos) << md3;
   auto none = testing::run_qvl(" vit sweep --tables-only --out " + d.file("nothing_here"));
   EXPECT_NE(none.exit_code, 0);
   EXPECT_NE(none.output.find("no run files under"), std::string::npos) << none.output;
 }
 
-// Two processes over loopback (c10d Gloo), each with half of every batch, against one process with the
-// combined batch: the same losses step by step, to float tolerance.
 // --jobs 2: two single-threaded shares split the runs; every run equals the one-process sweep's (one thread
 // each, so bit for bit), and the parent writes the tables.
 TEST(VitSweep, JobsSplitTheRunsAndMatchOneProcess) {
@@ -594,6 +603,8 @@ TEST(VitSweep, JobsSplitTheRunsAndMatchOneProcess) {
   EXPECT_NE(bad.output.find("--shard '2/2'"), std::string::npos) << bad.output;
 }
 
+// Two processes over loopback (c10d Gloo), each with half of every batch, against one process with the
+// combined batch: the same losses step by step, to float tolerance.
 TEST(VitDist, TwoProcessesEqualOneProcessWithTheCombinedBatch) {
   REQUIRE_FMNIST();
   testing::TempDir d;
