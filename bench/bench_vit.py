@@ -81,7 +81,7 @@ def main():
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--max-steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--side-by-side", type=int, default=0, metavar="J",
                     help="compare one run with --threads J against J one-thread runs at once (no evaluation)")
     a = ap.parse_args()

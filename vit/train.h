@@ -31,13 +31,13 @@ struct Reducer {
 
 struct TrainOptions {
   int64_t epochs = 3;
-  int64_t batch = 128;            // global batch (split over the ranks)
+  int64_t batch = 64;             // global batch (split over the ranks)
   int64_t max_steps = 0;          // > 0: stop after this many steps (the schedule still spans them)
-  double lr = 2e-3;
+  double lr = 4e-3;
   double weight_decay = 0.05;
   double warmup = 0.1;            // fraction of the steps
   int64_t shift = 2;              // random shift in pixels (0: none)
-  double shift_until = 1.0;       // fraction of the steps that get the shift (the rest train on clean images)
+  double shift_until = 0.5;       // fraction of the steps that get the shift (the rest train on clean images)
   double label_smoothing = 0.0;   // cross-entropy label smoothing
   bool flip = true;
   uint64_t seed = 0;
