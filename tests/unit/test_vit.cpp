@@ -450,6 +450,7 @@ TEST(VitTrain, ShiftUntilAndLabelSmoothing) {
   o.seed = 3;
   o.progress = false;
   o.shift = 2;
+  o.shift_until = 1;  // every step shifted
   const std::vector<double> shifted = train(c, tr, o).losses;
   o.shift_until = 0;
   const std::vector<double> until0 = train(c, tr, o).losses;
