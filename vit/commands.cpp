@@ -215,6 +215,7 @@ Stat stat(const std::vector<double>& v) {
 // "mean ± sd" over two or more values; one value alone is printed bare (it has no spread to show).
 std::string fmt_stat(const Stat& st, int decimals) {
   char b[64];
+  if (st.n == 0) return "-";
   if (st.n >= 2)
     std::snprintf(b, sizeof b, "%.*f ± %.*f", decimals, st.mean, decimals, st.sd);
   else
@@ -254,10 +255,12 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
     for (const auto& [s, j] : runs[v]) {
       total_run_s += j.value("run_wall_s", 0.0);
       ++n_runs;
-      if (res_keys.empty())
-        for (auto it = j["eval"]["extend"].begin(); it != j["eval"]["extend"].end(); ++it) res_keys.push_back(it.key());
+      // the union of the runs' resolutions: a sweep resumed with other --resolutions leaves cells empty ("-")
+      for (auto it = j["eval"]["extend"].begin(); it != j["eval"]["extend"].end(); ++it)
+        if (std::find(res_keys.begin(), res_keys.end(), it.key()) == res_keys.end()) res_keys.push_back(it.key());
     }
   std::sort(res_keys.begin(), res_keys.end(), [](const std::string& a, const std::string& b) { return std::stoll(a) < std::stoll(b); });
+  auto has = [](const json& j, const std::string& m, const std::string& r) { return j["eval"].contains(m) && j["eval"][m].contains(r); };
   auto acc_of = [&](const json& j, const std::string& m, const std::string& r) -> double { return j["eval"][m][r]["accuracy"].get<double>(); };
   std::ostringstream md;
   md << "# ViT position encodings on " << dataset << "\n\n";
@@ -304,7 +307,8 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
       md << "| " << v << " | " << runs[v].size() << " | " << std::llround(100 * runs[v].begin()->second["rope"].value("rotated_fraction", 0.0)) << "% |";
       for (const auto& r : res_keys) {
         std::vector<double> a;
-        for (const auto& [s, j] : runs[v]) a.push_back(100 * acc_of(j, m, r));
+        for (const auto& [s, j] : runs[v])
+          if (has(j, m, r)) a.push_back(100 * acc_of(j, m, r));
         md << " " << fmt_stat(stat(a), 2) << " |";
       }
       md << "\n";
@@ -320,7 +324,8 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
       for (const auto& r : res_keys) {
         std::vector<double> d;
         for (const auto& [s, j] : runs[v])
-          if (runs["axial"].count(s)) d.push_back(100 * (acc_of(j, m, r) - acc_of(runs["axial"][s], m, r)));
+          if (runs["axial"].count(s) && has(j, m, r) && has(runs["axial"][s], m, r))
+            d.push_back(100 * (acc_of(j, m, r) - acc_of(runs["axial"][s], m, r)));
         Stat st = stat(d);
         if (st.n == 0) {
           md << " - |";
@@ -364,7 +369,8 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
     for (const auto& [s, j] : runs["axial-matrix"])
       if (runs["axial"].count(s)) {
         rt.push_back(j["train"]["images_per_s"].get<double>() / runs["axial"][s]["train"]["images_per_s"].get<double>());
-        re.push_back(j["eval"]["extend"]["28"]["images_per_s"].get<double>() / runs["axial"][s]["eval"]["extend"]["28"]["images_per_s"].get<double>());
+        if (has(j, "extend", "28") && has(runs["axial"][s], "extend", "28"))
+          re.push_back(j["eval"]["extend"]["28"]["images_per_s"].get<double>() / runs["axial"][s]["eval"]["extend"]["28"]["images_per_s"].get<double>());
       }
     Stat a = stat(rt), b = stat(re);
     ratio = {{"train_speed_ratio_mean", a.mean}, {"train_speed_ratio_sd", a.sd}, {"eval_speed_ratio_mean", b.mean}, {"pairs", a.n}};
@@ -385,10 +391,13 @@ void aggregate(const std::string& out_dir, const std::string& dataset, const std
       for (const auto& r : res_keys) {
         std::vector<double> a, d;
         for (const auto& [s, j] : runs[v]) {
+          if (!has(j, m, r)) continue;
           a.push_back(acc_of(j, m, r));
-          if (runs.count("axial") && runs["axial"].count(s)) d.push_back(acc_of(j, m, r) - acc_of(runs["axial"][s], m, r));
+          if (runs.count("axial") && runs["axial"].count(s) && has(runs["axial"][s], m, r))
+            d.push_back(acc_of(j, m, r) - acc_of(runs["axial"][s], m, r));
         }
         Stat st = stat(a), sd = stat(d);
+        if (st.n == 0) continue;
         jv["accuracy"][m][r] = {{"mean", st.mean}, {"std", st.sd}, {"n", st.n}};
         if (v != "axial" && sd.n >= 2) {
           const double h = t975(sd.n - 1) * sd.sd / std::sqrt(double(sd.n));

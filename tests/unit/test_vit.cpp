@@ -560,6 +560,7 @@ TEST(VitSweep, WritesRunsAndTablesAndResumes) {
   // a resumed sweep with other training options adds a run the table must not silently mix in
   std::string more = cmd;
   more.replace(more.find("none axial"), 10, "none axial mixed");
+  more.replace(more.find("--resolutions 28 36"), 19, "--resolutions 28");  // and other resolutions: a cell stays empty
   auto mixed = testing::run_qvl(more + " --label-smoothing 0.1");
   ASSERT_EQ(mixed.exit_code, 0) << mixed.output;
   EXPECT_NE(mixed.output.find("warning: 1 runs"), std::string::npos) << mixed.output;
@@ -567,6 +568,10 @@ TEST(VitSweep, WritesRunsAndTablesAndResumes) {
   const std::string md3((std::istreambuf_iterator<char>(md3_in)), std::istreambuf_iterator<char>());
   EXPECT_NE(md3.find("trained with 2 different sets of options"), std::string::npos) << md3;
   EXPECT_NE(md3.find("\"label_smoothing\":0.1"), std::string::npos) << md3;
+  const size_t mixed_at = md3.find("| mixed | 1 |");
+  ASSERT_NE(mixed_at, std::string::npos) << md3;
+  const std::string mixed_row = md3.substr(mixed_at, md3.find('\n', mixed_at) - mixed_at);
+  EXPECT_EQ(mixed_row.substr(mixed_row.size() - 4), " - |") << mixed_row;  // 28px filled, 36px empty
   auto none = testing::run_qvl(" vit sweep --tables-only --out " + d.file("nothing_here"));
   EXPECT_NE(none.exit_code, 0);
   EXPECT_NE(none.output.find("no run files under"), std::string::npos) << none.output;
