@@ -129,6 +129,7 @@ def main():
     per_epoch = len(ytr) // a.batch
     total = per_epoch * a.epochs if a.max_steps <= 0 else min(per_epoch * a.epochs, a.max_steps)
     warm = max(1, round(0.1 * total))
+    shift_steps = int(a.shift_until * total + 0.5)  # steps [0, shift_steps) are shifted, as in qvl's vit/train.cpp
 
     def lr_at(s):
         if s < warm:
@@ -146,7 +147,7 @@ def main():
             if step >= total:
                 break
             idx = perm[s * a.batch:(s + 1) * a.batch]
-            x = augment(xtr[idx], gen, shift=a.shift if step < int(a.shift_until * total + 0.5) else 0, flip=a.flip).float().div_(127.5).sub_(1.0)
+            x = augment(xtr[idx], gen, shift=a.shift if step < shift_steps else 0, flip=a.flip).float().div_(127.5).sub_(1.0)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             opt.zero_grad()

@@ -19,6 +19,7 @@
 
 #include "instrument/process.h"
 #include "vit/dist.h"
+#include "vit/progress.h"
 #include "vit/train.h"
 
 namespace qvl::vit {
@@ -433,7 +434,7 @@ size_t count_run_files(const fs::path& runs_dir) {
 // to share (k-1) mod N), and rewrites the tables (and the PNG) whenever a run file appears. Each share keeps
 // the --threads it was given, so `--jobs 2 --threads 1` runs two single-threaded trainings side by side.
 int sweep_parent(const std::string& ds, const fs::path& runs_dir) {
-  const double t0 = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  const double t0 = now_s();
   const std::vector<std::string> argv = own_command_line();
   std::vector<pid_t> pids;
   for (int64_t i = 0; i < g_jobs; ++i) {
@@ -453,7 +454,7 @@ int sweep_parent(const std::string& ds, const fs::path& runs_dir) {
       plot(ds);
     }
   }
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() - t0;
+  const double wall = now_s() - t0;
   if (seen > 0) {
     aggregate(g_sweep_out, ds, g_variants, wall);
     plot(ds);
@@ -486,7 +487,7 @@ int cmd_sweep() {
   }
   const bool tables = shards == 1;      // with --jobs, the parent alone writes the tables
   setup_threads();
-  const double t_sweep = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  const double t_sweep = now_s();
   Dataset tr = take(load_dataset(g_common.dataset, g_common.data, true), g_train_subset);
   Dataset te = load_dataset(g_common.dataset, g_common.data, false);
   fs::create_directories(runs_dir);
@@ -505,7 +506,7 @@ int cmd_sweep() {
         std::fprintf(stderr, "[%lld/%lld] %s seed %lld: done earlier (%s)\n", (long long)k, (long long)total, v.c_str(), (long long)seed, file.c_str());
         continue;
       }
-      const double t0 = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+      const double t0 = now_s();
       VitConfig c = model_config(v, tr);
       TrainOptions o = train_options("[" + std::to_string(k) + "/" + std::to_string(total) + "] " + v + " s" + std::to_string(seed));
       o.seed = uint64_t(seed);
@@ -536,7 +537,7 @@ int cmd_sweep() {
           j["eval"][m][std::to_string(rr)] = {{"accuracy", e.accuracy}, {"loss", e.loss}, {"images_per_s", e.images_per_s}};
         }
       }
-      const double t1 = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+      const double t1 = now_s();
       j["run_wall_s"] = t1 - t0;
       j["finished_at"] = now_iso();
       write_text_atomic(file.string(), j.dump(1) + "\n");
@@ -550,7 +551,7 @@ int cmd_sweep() {
       }
     }
   if (!tables) return 0;
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() - t_sweep;
+  const double wall = now_s() - t_sweep;
   aggregate(g_sweep_out, ds, g_variants, wall);
   std::printf("sweep: %lld runs now, %lld done earlier, %.0f s wall; results in %s/%s.{json,md}\n", (long long)done_now,
               (long long)(total - done_now), wall, g_sweep_out.c_str(), ds.c_str());

@@ -11,15 +11,18 @@
 
 namespace qvl::vit {
 
+// Seconds on the steady clock: the one clock of the ViT harness (progress, training and sweep timings).
+inline double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
 class Progress {
  public:
   Progress(std::string label, int64_t total, bool enabled)
-      : label_(std::move(label)), total_(total), enabled_(enabled), tty_(isatty(2)), t0_(now()) {}
+      : label_(std::move(label)), total_(total), enabled_(enabled), tty_(isatty(2)), t0_(now_s()) {}
   ~Progress() { finish(); }
   // done: items so far; rate_items: items for the rate (e.g. images); metrics: "loss 0.41 acc 85.2%".
   void update(int64_t done, int64_t rate_items, const std::string& metrics) {
     if (!enabled_) return;
-    const double t = now(), el = t - t0_;
+    const double t = now_s(), el = t - t0_;
     const bool last = done >= total_;
     if (tty_ ? (t - last_draw_ < 0.2 && !last) : (done * 10 / std::max<int64_t>(total_, 1) == last_decile_ && !last)) return;
     last_draw_ = t;
@@ -41,7 +44,6 @@ class Progress {
   }
 
  private:
-  static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
   static std::string fmt(double s) {
     char b[32];
     const int m = int(s) / 60, sec = int(s) % 60;

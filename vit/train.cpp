@@ -15,10 +15,6 @@
 namespace qvl::vit {
 namespace {
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 // A copy of the tree with every leaf moved (and detached); requires_grad on request.
 Weights map_weights(const Weights& w, const at::Device& dev, bool grad) {
   Weights out;
