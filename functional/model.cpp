@@ -206,13 +206,12 @@ PlannedRope plan_rope(const Inputs& in, const at::Tensor& attention_mask, const 
                       const std::string& path) {
   const rope::TextRope& tr = c.text_rope;
   const int64_t B = in.input_ids.size(0), T = in.input_ids.size(1), L = c.text.num_hidden_layers;
-  const std::string prefix = path.empty() ? "" : path + ".";
   PlannedRope out;
   TORCH_CHECK(tr.kind != rope::TextRope::Kind::MRope, "model::plan_rope: the stock model has no plan");
   rope::circle::TokenIds ids{c.vision_start_token_id, c.image_token_id, c.video_token_id, c.vision.spatial_merge_size,
                              static_cast<double>(c.vision.tokens_per_second)};
   // Circle-RoPE positions: the official walker (rope::circle::get_rope_index)
-  RecordScope rc(rec, prefix + "circle_rope_index", "circle_rope_index",
+  RecordScope rc(rec, join_path(path, "circle_rope_index"), "circle_rope_index",
                  [&] { return Value::dict({{"arg0", Value::of(in.input_ids)}}); }, "{\"kind\": \"function\"}");
   rope::circle::RopeIndex circle = rope::circle::get_rope_index(in.input_ids, in.image_grid_thw, in.video_grid_thw,
                                                                 in.second_per_grid_ts, attention_mask, ids, tr.circle, false);
@@ -231,7 +230,7 @@ PlannedRope plan_rope(const Inputs& in, const at::Tensor& attention_mask, const 
   at::Tensor mpos, mdelta;
   const bool grids = in.image_grid_thw.defined() || in.video_grid_thw.defined();
   if (grids && in.mm_token_type_ids.defined()) {
-    RopeIndex idx = recorded_rope_index(in, attention_mask, c, rec, prefix + "get_rope_index");
+    RopeIndex idx = recorded_rope_index(in, attention_mask, c, rec, join_path(path, "get_rope_index"));
     mpos = idx.position_ids;
     mdelta = idx.deltas;
   } else {
@@ -295,7 +294,7 @@ DecodeState prefill(const Weights& root, const Inputs& in, const ModelConfig& c,
   LMOutput o = lm_forward(root, step, c, rec, &s.cache, /*logits_to_keep=*/1);
   at::Tensor last = step.position_ids.slice(2, T - 1);  // [4, B, 1]; each step is the previous position + 1
   s.text_position = last.slice(0, 0, 1);
-  s.plan = {{last.slice(0, 1)}, {""}, std::vector<int64_t>(c.text.num_hidden_layers, 0)};
+  s.plan = {{mrope_rows(last)}, {""}, std::vector<int64_t>(c.text.num_hidden_layers, 0)};
   s.logits = o.logits.select(1, 0).to(at::kFloat);
   return s;
 }

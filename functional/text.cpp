@@ -189,7 +189,7 @@ at::Tensor text_model(const Weights& w, const at::Tensor& embeds, const at::Tens
                          ? plan.positions[s]
                          : (at::arange(T, embeds.options().dtype(at::kLong)) + past).view({1, 1, -1}).expand({3, B, -1});
     if (pos.dim() == 2) pos = pos.unsqueeze(0).expand({3, pos.size(0), -1});
-    const std::string rpath = w.path() + ".rotary_emb" + (plan.names[s].empty() ? "" : "." + plan.names[s]);
+    const std::string rpath = join_path(join_path(w.path(), "rotary_emb"), plan.names[s]);
     ropes[s] = rotary(pos, embeds.scalar_type(), c, rec, rpath);
   }
   at::Tensor h = embeds;

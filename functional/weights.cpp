@@ -88,7 +88,8 @@ Weights::Weights() : node_(std::make_shared<Node>()) {}
 Weights::Weights(std::shared_ptr<Node> node, std::string path) : node_(std::move(node)), path_(std::move(path)) {}
 
 std::string join_path(const std::string& parent, const std::string& child) {
-  return parent.empty() ? child : parent + "." + child;
+  if (parent.empty()) return child;
+  return child.empty() ? parent : parent + "." + child;
 }
 
 std::string Weights::child_path(const std::string& key) const { return join_path(path_, key); }
@@ -203,7 +204,7 @@ std::vector<std::pair<std::string, at::Tensor>> Weights::flatten() const {
   }
   for (const auto& k : keys()) {
     for (auto& [sub, t] : Weights(node_->children.at(k), child_path(k)).flatten()) {
-      out.emplace_back(sub.empty() ? k : k + "." + sub, t);
+      out.emplace_back(join_path(k, sub), t);
     }
   }
   return out;

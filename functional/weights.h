@@ -110,7 +110,7 @@ class Weights {
 // Natural ("human") ordering: digit runs compare as numbers, so "blocks.2" < "blocks.10".
 bool natural_less(const std::string& a, const std::string& b);
 std::vector<std::string> split_dotted(const std::string& dotted);
-// "parent.child", or child alone when parent is "" (the root).
+// "parent.child"; an empty side is left out (parent "" is the root, child "" the node itself).
 std::string join_path(const std::string& parent, const std::string& child);
 std::string shape_str(at::IntArrayRef shape);
 

@@ -1,6 +1,7 @@
 #include "instrument/replay.h"
 
 #include <cmath>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "functional/error.h"
@@ -95,6 +96,48 @@ void add_cache(std::vector<std::pair<std::string, Value>>& out, const text::KVCa
   if (cache) out.emplace_back("past_key_values", text::cache_value(*cache, cfg.text.num_hidden_layers));
 }
 }  // namespace
+
+std::optional<RecordedGeneration> recorded_generation(const Recording& rec) {
+  if (!rec.has_attr("scenario")) return std::nullopt;
+  const auto sc = nlohmann::json::parse(rec.attr("scenario"));
+  if (!sc.contains("generation") || sc["generation"].is_null()) return std::nullopt;
+  const auto& gen = sc["generation"];
+  RecordedGeneration g;
+  g.options.max_new_tokens = gen["max_new_tokens"].get<int64_t>();
+  g.options.eos_token_ids = gen["eos_token_id"].get<std::vector<int64_t>>();
+  if (gen["pad_token_id"].is_number()) g.options.pad_token_id = gen["pad_token_id"].get<int64_t>();
+  g.new_tokens = gen["new_tokens"].get<std::vector<std::vector<int64_t>>>();
+  return g;
+}
+
+std::string token_mismatch(const at::Tensor& ours, int64_t our_max_new, const RecordedGeneration& want) {
+  const auto& rows = want.new_tokens;
+  std::ostringstream why;
+  if (ours.size(0) != static_cast<int64_t>(rows.size())) {
+    why << "rows: ours " << ours.size(0) << ", transformers " << rows.size();
+    return why.str();
+  }
+  const at::Tensor o = ours.to(at::kLong).contiguous();
+  const int64_t n_ours = o.size(1);
+  for (size_t b = 0; b < rows.size(); ++b) {
+    const int64_t n_want = static_cast<int64_t>(rows[b].size());
+    for (int64_t t = 0; t < std::min(n_ours, n_want); ++t) {
+      const int64_t mine = o[b][t].item<int64_t>();
+      if (mine != rows[b][t]) {
+        why << "row " << b << ": first differing token at step " << t << " (ours " << mine << ", transformers "
+            << rows[b][t] << ")";
+        return why.str();
+      }
+    }
+    const bool cut = (n_ours < n_want && n_ours == our_max_new) ||
+                     (n_want < n_ours && n_want == want.options.max_new_tokens);
+    if (n_ours != n_want && !cut) {
+      why << "row " << b << ": ours has " << n_ours << " tokens, transformers " << n_want;
+      return why.str();
+    }
+  }
+  return "";
+}
 
 model::Inputs recorded_model_inputs(const Recording& rec) {
   for (const char* cls : {"Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"})

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,18 @@ at::ScalarType replay_dtype(const Recording& rec);
 // The model inputs of a recording's top-level call (Qwen2_5_VLForConditionalGeneration, else
 // Qwen2_5_VLModel): input_ids, attention_mask, mm_token_type_ids, pixel values and grids.
 model::Inputs recorded_model_inputs(const Recording& rec);
+
+// What transformers' generate produced when it recorded (the scenario attribute's `generation`): its options
+// and its new tokens, one row per prompt.
+struct RecordedGeneration {
+  model::GenerateOptions options;  // max_new_tokens, eos_token_ids, pad_token_id as transformers used them
+  std::vector<std::vector<int64_t>> new_tokens;
+};
+// nullopt when the recording carries no generation.
+std::optional<RecordedGeneration> recorded_generation(const Recording& rec);
+// "" when `ours` ([B, N] new tokens, generated with at most `our_max_new` of them) equals the recorded ones;
+// else where they first differ. Lengths may differ only where the shorter side was cut by its token cap.
+std::string token_mismatch(const at::Tensor& ours, int64_t our_max_new, const RecordedGeneration& want);
 
 // `device`: where the call runs. Its recorded inputs are moved there (`root` must already be there: see
 // to_device) and its outputs come back to the host to be judged. With cfg.vision.fused / cfg.text.fused

@@ -445,14 +445,10 @@ int cmd_generate(const std::string& weights_path, const std::string& inputs_path
   model::GenerateOptions opt;
   opt.max_new_tokens = max_new;
   // eos: --eos, else the one transformers used when it recorded (scenario.generation), else none.
-  nlohmann::json gen;
-  if (rec.has_attr("scenario")) {
-    auto sc = nlohmann::json::parse(rec.attr("scenario"));
-    if (sc.contains("generation") && !sc["generation"].is_null()) gen = sc["generation"];
-  }
-  if (eos.empty() && !gen.is_null()) eos = gen["eos_token_id"].get<std::vector<int64_t>>();
+  const std::optional<RecordedGeneration> gen = recorded_generation(rec);
+  if (eos.empty() && gen) eos = gen->options.eos_token_ids;
   opt.eos_token_ids = eos;
-  if (!gen.is_null() && gen["pad_token_id"].is_number()) opt.pad_token_id = gen["pad_token_id"].get<int64_t>();
+  if (gen) opt.pad_token_id = gen->options.pad_token_id;
   std::printf("prompt: %lld tokens x %lld, %s; generating up to %lld tokens (eos:", static_cast<long long>(in.input_ids.size(1)),
               static_cast<long long>(in.input_ids.size(0)), dtype.c_str(), static_cast<long long>(max_new));
   for (auto e : eos) std::printf(" %lld", static_cast<long long>(e));
@@ -472,17 +468,14 @@ int cmd_generate(const std::string& weights_path, const std::string& inputs_path
   std::fprintf(stderr, "time: prefill + first token %.1f ms, then %.2f ms per token over %lld tokens (one run, not a benchmark)\n",
                ms(t0, t_first), out.size(1) > 1 ? ms(t_first, t1) / static_cast<double>(out.size(1) - 1) : 0.0,
                static_cast<long long>(out.size(1) - 1));
-  if (!gen.is_null()) {
-    auto want = gen["new_tokens"].get<std::vector<std::vector<int64_t>>>();
+  if (gen) {
     // With -n below transformers' count, the first n tokens are compared; a length that differs otherwise
     // (an eos on one side only) is a difference.
-    const int64_t recorded = want.empty() ? 0 : static_cast<int64_t>(want[0].size());
+    const std::string why = token_mismatch(out, max_new, *gen);
+    const bool same = why.empty();
+    const int64_t recorded = gen->new_tokens.empty() ? 0 : static_cast<int64_t>(gen->new_tokens[0].size());
     const int64_t compared = std::min<int64_t>(recorded, out.size(1));
-    bool same = static_cast<int64_t>(want.size()) == out.size(0) && (out.size(1) == recorded || out.size(1) == max_new);
-    for (size_t b = 0; same && b < want.size(); ++b) {
-      same = static_cast<int64_t>(want[b].size()) == recorded;
-      for (int64_t t = 0; same && t < compared; ++t) same = want[b][t] == out[b][t].item<int64_t>();
-    }
+    const auto& want = gen->new_tokens;
     const std::string scope = compared < recorded ? " (the first " + std::to_string(compared) + ")"
                               : compared < out.size(1) ? " (our first " + std::to_string(compared) + " of " +
                                                              std::to_string(out.size(1)) + ")"
@@ -492,10 +485,11 @@ int cmd_generate(const std::string& weights_path, const std::string& inputs_path
       std::printf("transformers generate (stock rotary) recorded %zu x %lld tokens: %s%s (information only: --rope %s, --rope-vision %s)\n",
                   want.size(), static_cast<long long>(recorded), same ? "identical" : "different", scope.c_str(),
                   rope.text.c_str(), rope.vision.c_str());
+      if (!same) std::printf("  %s\n", why.c_str());
       return 0;
     }
-    std::printf("transformers generate recorded %zu x %lld tokens: %s%s\n", want.size(), static_cast<long long>(recorded),
-                same ? "IDENTICAL" : "DIFFERENT", scope.c_str());
+    std::printf("transformers generate recorded %zu x %lld tokens: %s%s%s\n", want.size(), static_cast<long long>(recorded),
+                same ? "IDENTICAL" : "DIFFERENT", scope.c_str(), same ? "" : (": " + why).c_str());
     return same ? 0 : 1;
   }
   return 0;

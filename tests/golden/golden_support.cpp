@@ -165,40 +165,13 @@ std::string describe(const CallResult& r) {
   return os.str();
 }
 
-bool has_generation(const Recording& rec) {
-  if (!rec.has_attr("scenario")) return false;
-  const auto sc = nlohmann::json::parse(rec.attr("scenario"));
-  return sc.contains("generation") && !sc["generation"].is_null();
-}
+bool has_generation(const Recording& rec) { return recorded_generation(rec).has_value(); }
 
 std::string generate_mismatch(const Recording& rec, const Weights& w, const ModelConfig& cfg, int64_t* longest) {
-  const auto gen = nlohmann::json::parse(rec.attr("scenario"))["generation"];
-  model::GenerateOptions opt;
-  opt.max_new_tokens = gen["max_new_tokens"].get<int64_t>();
-  opt.eos_token_ids = gen["eos_token_id"].get<std::vector<int64_t>>();
-  if (gen["pad_token_id"].is_number()) opt.pad_token_id = gen["pad_token_id"].get<int64_t>();
-  const at::Tensor ours = model::generate(w, recorded_model_inputs(rec), cfg, opt);
-  const auto want = gen["new_tokens"].get<std::vector<std::vector<int64_t>>>();
-  if (longest) *longest = want.empty() ? 0 : static_cast<int64_t>(want[0].size());
-  std::ostringstream why;
-  if (ours.size(0) != static_cast<int64_t>(want.size())) {
-    why << "rows: ours " << ours.size(0) << ", transformers " << want.size();
-    return why.str();
-  }
-  for (size_t b = 0; b < want.size(); ++b) {
-    for (size_t t = 0; t < want[b].size() && t < static_cast<size_t>(ours.size(1)); ++t) {
-      if (ours[b][t].item<int64_t>() != want[b][t]) {
-        why << "row " << b << ": first differing token at step " << t << " (ours " << ours[b][t].item<int64_t>()
-            << ", transformers " << want[b][t] << ")";
-        return why.str();
-      }
-    }
-    if (ours.size(1) != static_cast<int64_t>(want[b].size())) {
-      why << "row " << b << ": ours has " << ours.size(1) << " tokens, transformers " << want[b].size();
-      return why.str();
-    }
-  }
-  return "";
+  const RecordedGeneration gen = recorded_generation(rec).value();
+  const at::Tensor ours = model::generate(w, recorded_model_inputs(rec), cfg, gen.options);
+  if (longest) *longest = gen.new_tokens.empty() ? 0 : static_cast<int64_t>(gen.new_tokens[0].size());
+  return token_mismatch(ours, gen.options.max_new_tokens, gen);
 }
 
 void expect_all_fail(const std::string& recording, const std::string& cls, ReplayFn bug) {

@@ -41,8 +41,7 @@ namespace {
 // First step at which our tokens differ from transformers' (or -1), for a generation driven by `step_positions`.
 int first_difference(const std::string& path, const std::function<at::Tensor(const model::DecodeState&)>& step_positions) {
   Recording rec = Recording::open(path);
-  auto gen = nlohmann::json::parse(rec.attr("scenario"))["generation"];
-  auto want = gen["new_tokens"].get<std::vector<std::vector<int64_t>>>();
+  const auto want = recorded_generation(rec).value().new_tokens;
   const GoldenModel& m = model_for(rec);
   model::DecodeState s = model::prefill(m.weights, recorded_model_inputs(rec), m.config);
   for (size_t t = 0; t < want[0].size(); ++t) {

@@ -75,6 +75,13 @@ TEST(Weights, KeysAndFlattenUseNaturalOrder) {
   EXPECT_EQ(flat.back().first, "model.visual.blocks.10.norm1.weight");
 }
 
+TEST(Weights, JoinPathLeavesOutAnEmptySide) {
+  EXPECT_EQ(join_path("model.visual", "blocks"), "model.visual.blocks");
+  EXPECT_EQ(join_path("", "lm_head"), "lm_head");
+  EXPECT_EQ(join_path("model.language_model.rotary_emb", ""), "model.language_model.rotary_emb");
+  EXPECT_EQ(join_path("", ""), "");
+}
+
 TEST(Weights, MalformedPathIsAnError) {
   Weights w;
   EXPECT_THROW(w.set("a..b", at::zeros({1})), WeightsError);
