@@ -141,6 +141,21 @@ CosSin rotary(const at::Tensor& pos, const VisionConfig& c, Recorder* rec, const
   return out;
 }
 
+at::Tensor rotary_freq_table(int64_t seqlen, const VisionConfig& c) {
+  TORCH_CHECK(seqlen >= 0, "vision::rotary_freq_table: seqlen must be >= 0, got ", seqlen);
+  // seq = arange(seqlen, dtype=inv_freq.dtype); freqs = outer(seq, inv_freq)
+  const at::Tensor inv_freq = rope_inv_freq(c.rope_theta, c.head_dim() / 2);
+  return at::outer(at::arange(seqlen, inv_freq.options()), inv_freq);
+}
+
+at::Tensor rot_pos_emb(const at::Tensor& grid_thw, const VisionConfig& c) {
+  const at::Tensor pos = position_ids(grid_thw, c.spatial_merge_size);  // [S, 2]
+  // max_grid_size = grid_thw[:, 1:].max(); rotary_pos_emb_full[pos_ids].flatten(1)
+  const int64_t max_grid = grid_thw.slice(1, 1).max().item<int64_t>();
+  const at::Tensor table = rotary_freq_table(max_grid, c).to(grid_thw.device());
+  return table.index_select(0, pos.reshape(-1)).reshape({pos.size(0), -1});
+}
+
 std::pair<at::Tensor, at::Tensor> apply_rotary_pos_emb_vision(const at::Tensor& q, const at::Tensor& k,
                                                               const at::Tensor& cos, const at::Tensor& sin, bool fused) {
   if (fused && q.is_cuda() && cos.dim() == 2) {

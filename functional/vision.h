@@ -64,6 +64,14 @@ using qvl::CosSin;
 CosSin rotary(const at::Tensor& position_ids, const VisionConfig& c, Recorder* rec = nullptr,
               const std::string& path = "model.visual.rotary_pos_emb");
 
+// The 4.49-era forms of the same angles (the conversion framework's recordings hold them; qvl import maps them):
+// Mirrors Qwen2_5_VisionRotaryEmbedding(dim = Dh/2).forward(seqlen): outer(arange(seqlen), inv_freq).
+//   out  [seqlen, Dh/4] float32, inv_freq as in rotary()
+at::Tensor rotary_freq_table(int64_t seqlen, const VisionConfig& c);
+// Mirrors rot_pos_emb(grid_thw): the table at max(h, w) gathered at each patch's (h, w) and flattened.
+//   out  [S, Dh/2] float32 = per patch [h*inv | w*inv] (rotary()'s angles before cos/sin and the repeat)
+at::Tensor rot_pos_emb(const at::Tensor& grid_thw, const VisionConfig& c);
+
 using qvl::rotate_half;
 
 // Mirrors apply_rotary_pos_emb_vision(q, k, cos, sin).

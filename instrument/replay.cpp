@@ -199,6 +199,13 @@ void add_vision(Registry& r) {
     auto cs = vision::rotary(c.input("position_ids", 1).as_tensor(), cfg.vision);
     return Value::tuple({Value::of(cs.cos), Value::of(cs.sin)});
   });
+  // The 4.49-era forms (conversion-framework recordings, qvl import module_io_data).
+  r.set("Qwen2_5_VisionRotaryEmbedding", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
+    return Value::of(vision::rotary_freq_table(c.input("seqlen", 0).as_int("seqlen"), cfg.vision));
+  });
+  r.set("rot_pos_emb", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
+    return Value::of(vision::rot_pos_emb(c.input("grid_thw", 0).as_tensor(), cfg.vision));
+  });
   r.set("apply_rotary_pos_emb_vision", [](const RecordedCall& c, const Weights&, const ModelConfig& cfg) {
     auto [q, k] = vision::apply_rotary_pos_emb_vision(c.input("q", 0).as_tensor(), c.input("k", 1).as_tensor(),
                                                       c.input("cos", 2).as_tensor(), c.input("sin", 3).as_tensor(),
@@ -298,6 +305,11 @@ Registry Registry::defaults() {
   add_vision(r);
   add_text(r);
   return r;
+}
+
+const std::vector<std::string>& Registry::legacy_classes() {
+  static const std::vector<std::string> legacy{"Qwen2_5_VisionRotaryEmbedding", "rot_pos_emb"};
+  return legacy;
 }
 
 const ReplayFn* Registry::find(const std::string& module_class) const {

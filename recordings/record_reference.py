@@ -1241,6 +1241,9 @@ def module_io_class_map():
         "Qwen2MLP": ("Qwen2MLP", layers(".mlp")),
         "Qwen2_5_VisionPatchEmbed": ("Qwen2_5_VisionPatchEmbed", single(f"{v}.patch_embed")),
         "Qwen2_5_VLVisionRotaryEmbedding": ("Qwen2_5_VLVisionRotaryEmbedding", single(f"{v}.rotary_pos_emb")),
+        # transformers 4.49: forward(seqlen) returns the angle table, rot_pos_emb the angles per patch
+        "Qwen2_5_VisionRotaryEmbedding": ("Qwen2_5_VisionRotaryEmbedding", single(f"{v}.rotary_pos_emb")),
+        "Qwen2_5_VisionTransformerPretrainedModel_rot_pos_emb": ("rot_pos_emb", single(f"{v}.rot_pos_emb")),
         "Qwen2_5_VLVisionAttention": ("Qwen2_5_VLVisionAttention", blocks(".attn")),
         "Qwen2_5_VLVisionSdpaAttention": ("Qwen2_5_VLVisionAttention", blocks(".attn")),
         "Qwen2_5_VLVisionFlashAttention2": ("Qwen2_5_VLVisionAttention", blocks(".attn")),
@@ -1259,11 +1262,6 @@ def module_io_class_map():
 
 # Calls that cannot be mapped whatever the data, with the reason.
 MODULE_IO_UNMAPPABLE = {
-    "Qwen2_5_VisionRotaryEmbedding": "the 4.49-era forward(seqlen) returns the raw frequency table for a length; qvl's "
-                                     "vision rotary takes position ids and returns (cos, sin), so there is nothing to "
-                                     "replay it against",
-    "Qwen2_5_VisionTransformerPretrainedModel_rot_pos_emb": "rot_pos_emb returns the frequency table; qvl replays "
-                                                            "get_vision_position_ids (the ids) and the rotary module",
     "Qwen2_5_VLModel": "a whole-model call: its output is a ModelOutput, which the framework stores as str()",
     "Qwen2_5_VLTextModel": "a whole-model call: its output is a ModelOutput, which the framework stores as str()",
     "Qwen2_5_VLForConditionalGeneration": "a whole-model call: its output is a ModelOutput, stored as str()",
@@ -1570,7 +1568,7 @@ class ModuleIOImporter:
         path, how = self.identify(folder, qvl_cls, candidates, inputs, outputs)
         if path is None:
             return None, how
-        kind = "function" if qvl_cls == "get_vision_window_index" else "module"
+        kind = "function" if qvl_cls in ("get_vision_window_index", "rot_pos_emb") else "module"
         settings = {"kind": kind, "imported_from": folder.name, "identified": how}
         eps = folder.settings.get("variance_epsilon")
         if isinstance(eps, (int, float)):
@@ -1748,7 +1746,7 @@ def main(argv=None) -> None:
 
     mk = sub.add_parser("make-tiny", help="build and save a small randomised checkpoint (the tiny config or a preset)")
     mk.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                    help="tiny: reference §3.3; vision-real: tiny text, two vision blocks at the real sizes; "
+                    help="tiny: docs/design.md §8.3; vision-real: tiny text, two vision blocks at the real sizes; "
                          "merge3-mha: the tiny model with spatial_merge_size 3, window_size 126 and 4 KV heads")
     mk.add_argument("--out", required=True, help="output checkpoint directory (replaced atomically)")
     mk.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,11 @@ Paths inside metadata.json are relative to <out> (the framework's working direct
 puts every call of the forward pass in one second (the framework's collision: a module's later calls overwrite
 its earlier ones in the same folder).
 
+--legacy-rotary adds the two vision-rotary calls of transformers 4.49, which the framework recorded and the
+pinned transformers no longer has (see legacy_rotary_calls).
+
 Usage: make_module_io.py --model weights/tiny --out DIR [--clock distinct|shared] [--image synthetic:112x84]
+                         [--legacy-rotary]
 """
 from __future__ import annotations
 
@@ -124,6 +128,38 @@ def install(model, out_root, clock):
     return handles
 
 
+def legacy_rotary_calls(model, grid_thw):
+    """transformers 4.49's forms of the vision rotary, as (folder module name, args, output):
+    Qwen2_5_VisionRotaryEmbedding.forward(seqlen) returns outer(arange(seqlen), inv_freq), and the tower's
+    rot_pos_emb(grid_thw) returns that table at max(h, w) gathered at each patch's (h, w) and flattened. The
+    values come from the pinned model: its rotary module's inv_freq buffer, transformers' get_vision_position_ids
+    and the expression its rotary forward uses for the angles (position_ids[..., None].float() * inv_freq.float())."""
+    from transformers.vision_utils import get_vision_position_ids
+    vis = model.model.visual
+    inv_freq = vis.rotary_pos_emb.inv_freq.float()
+    seqlen = int(grid_thw[:, 1:].max())
+    table = torch.arange(seqlen)[:, None].float() * inv_freq
+    pos = get_vision_position_ids(grid_thw, vis.spatial_merge_size)
+    return [("Qwen2_5_VisionRotaryEmbedding", [seqlen], table),
+            ("Qwen2_5_VisionTransformerPretrainedModel_rot_pos_emb", [grid_thw], table[pos].flatten(1))]
+
+
+def write_call(out_root, clock, name, args, output):
+    """One call folder written directly (a call no hook sees), by the same rules as the hooks'."""
+    run = f"{name}_{clock.folder_stamp()}"
+    run_dir = os.path.join(out_root, "module_io_data", run)
+    rel = os.path.join("module_io_data", run)
+    for sub in ("inputs", "outputs"):
+        os.makedirs(os.path.join(run_dir, sub), exist_ok=True)
+    inputs = {"args": [save_tensor_data(a, os.path.join(run_dir, "inputs"), f"arg_{i}", os.path.join(rel, "inputs"))
+                       for i, a in enumerate(args)], "kwargs": {}}
+    out = save_tensor_data(output, os.path.join(run_dir, "outputs"), "output", os.path.join(rel, "outputs"))
+    meta = {"module": name, "class": name.split("_rot_pos_emb")[0], "timestamp": clock.t.isoformat(), "settings": {},
+            "inputs": inputs, "outputs": out}
+    with open(os.path.join(run_dir, "metadata.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
 def nested(state):
     """convert.py's layout: keys split on '.' into a dict of dicts."""
     out = {}
@@ -142,6 +178,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--clock", choices=["distinct", "shared"], default="distinct")
     ap.add_argument("--image", default="synthetic:112x84")
+    ap.add_argument("--legacy-rotary", action="store_true",
+                    help="also write transformers 4.49's vision rotary calls (forward(seqlen) and rot_pos_emb)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = rr.Qwen2_5_VLForConditionalGeneration.from_pretrained(
@@ -156,12 +194,16 @@ def main():
     mm = torch.zeros_like(input_ids, dtype=torch.int32)
     mm[input_ids == cfg.image_token_id] = 1
     os.makedirs(args.out, exist_ok=True)
-    handles = install(model, args.out, Clock(args.clock))
+    clock = Clock(args.clock)
+    handles = install(model, args.out, clock)
     with torch.no_grad():
         model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values=pp["pixel_values"],
               image_grid_thw=pp["image_grid_thw"], mm_token_type_ids=mm, use_cache=False)
     for h in handles:
         h.remove()
+    if args.legacy_rotary:
+        for name, call_args, output in legacy_rotary_calls(model, pp["image_grid_thw"]):
+            write_call(args.out, clock, name, call_args, output)
     os.makedirs(os.path.join(args.out, "weights"), exist_ok=True)
     torch.save(nested(model.model.visual.state_dict()), os.path.join(args.out, "weights", "vision_weights.pt"))
     n = len(os.listdir(os.path.join(args.out, "module_io_data")))

@@ -22,7 +22,7 @@ expect() { grep -q -- "$1" "$2" || { cat "$2"; fail "expected '$1' in $(basename
 
 case "$mode" in
 passes)
-  "$QVL_PYTHON" "$here/tests/golden/make_module_io.py" --model "$tiny" --out "$tmp/run" --clock distinct 2>/dev/null
+  "$QVL_PYTHON" "$here/tests/golden/make_module_io.py" --model "$tiny" --out "$tmp/run" --clock distinct --legacy-rotary 2>/dev/null
   "$qvl" import module_io_data "$tmp/run/module_io_data" -o "$tmp/rec.h5" --config "$cfg" \
       --weights "$tmp/run/weights/vision_weights.pt" --weights-out "$tmp/vision.h5" --checkpoint "$tiny" > "$tmp/import.txt" 2>&1 \
     || { cat "$tmp/import.txt"; fail "qvl import exited non-zero"; }
@@ -33,6 +33,9 @@ passes)
   n=$((folders - unmapped)); [ "$n" -gt 30 ] || fail "only $n of $folders calls imported"
   expect "imported $n calls" "$tmp/import.txt"
   if grep -q '^collision' "$tmp/import.txt"; then fail "a collision reported where every call had its own second"; fi
+  # transformers 4.49's vision rotary forms (forward(seqlen), rot_pos_emb) are imported, not listed as unmapped.
+  if grep -q '^unmapped  Qwen2_5_VisionRotaryEmbedding_\|^unmapped  Qwen2_5_VisionTransformerPretrainedModel_rot_pos_emb' "$tmp/import.txt"; then
+    fail "a 4.49-era vision rotary call went unmapped"; fi
   "$qvl" check "$here/weights/tiny.h5" "$tmp/rec.h5" > "$tmp/check.txt" || { cat "$tmp/check.txt"; fail "qvl check failed"; }
   grep '^summary' "$tmp/check.txt"
   expect "summary: $n passed, 0 failed" "$tmp/check.txt"
@@ -59,8 +62,8 @@ collisions)
   expect "imported $n calls" "$tmp/import.txt"
   "$qvl" check "$here/weights/tiny.h5" "$tmp/rec.h5" > "$tmp/check.txt" || { cat "$tmp/check.txt"; fail "qvl check failed"; }
   expect "summary: $n passed, 0 failed" "$tmp/check.txt"
-  # The framework's own (transformers 4.49) names map too (Qwen2RMSNorm, Qwen2_5_VLVisionSdpaAttention), and its
-  # forward(seqlen) vision rotary is listed as unmappable with the reason.
+  # The framework's own (transformers 4.49) names map too (Qwen2RMSNorm, Qwen2_5_VLVisionSdpaAttention); its
+  # vision rotary forms are imported in the `passes` case (make_module_io.py --legacy-rotary).
   "$QVL_PYTHON" - "$tmp/run/module_io_data" "$tmp/g1/module_io_data" <<'PY'
 import json, os, shutil, sys
 import torch
@@ -74,18 +77,10 @@ for name in os.listdir(src):
     meta = json.loads(open(p).read().replace(f"module_io_data/{name}/", f"module_io_data/{new}/"))
     meta["module"] = meta["class"] = rename.get(mod, mod)
     json.dump(meta, open(p, "w"))
-run = "Qwen2_5_VisionRotaryEmbedding_20250301_120000"
-os.makedirs(os.path.join(dst, run, "outputs"))
-torch.save(torch.outer(torch.arange(8.0), torch.ones(8)), os.path.join(dst, run, "outputs", "output.pt"))
-json.dump({"module": "Qwen2_5_VisionRotaryEmbedding", "class": "Qwen2_5_VisionRotaryEmbedding", "timestamp": "",
-           "settings": {}, "inputs": {"args": ["8"], "kwargs": {}},
-           "outputs": {"type": "tensor", "shape": [8, 8], "dtype": "torch.float32",
-                       "path": f"module_io_data/{run}/outputs/output.pt"}}, open(os.path.join(dst, run, "metadata.json"), "w"))
 PY
   "$qvl" import module_io_data "$tmp/g1/module_io_data" -o "$tmp/rec_g1.h5" --config "$cfg" --checkpoint "$tiny" \
       > "$tmp/import_g1.txt" 2>&1 || { cat "$tmp/import_g1.txt"; fail "qvl import (4.49 names) exited non-zero"; }
-  grep -e '^unmapped  Qwen2_5_VisionRotary' -e '^collision Qwen2RMSNorm' -e '^imported' "$tmp/import_g1.txt"
-  expect "unmapped  Qwen2_5_VisionRotaryEmbedding_20250301_120000: the 4.49-era forward(seqlen)" "$tmp/import_g1.txt"
+  grep -e '^collision Qwen2RMSNorm' -e '^imported' "$tmp/import_g1.txt"
   expect "collision Qwen2RMSNorm_20250301_120000: 15 earlier" "$tmp/import_g1.txt"
   expect "imported $n calls" "$tmp/import_g1.txt"
   "$qvl" check "$here/weights/tiny.h5" "$tmp/rec_g1.h5" > "$tmp/check_g1.txt" || { cat "$tmp/check_g1.txt"; fail "qvl check (4.49 names) failed"; }

@@ -560,6 +560,22 @@ VisionConfig plug_config() {
   return c;
 }
 
+// The 4.49-era forms (imported recordings): the table is outer(arange, inv_freq); rot_pos_emb holds rotary()'s
+// angles before cos/sin, so cos(cat(e, e)) is rotary()'s cos bit for bit (the same float32 products).
+TEST(VisionRope, LegacyRotaryTableAndRotPosEmbGiveRotarysAngles) {
+  VisionConfig c = plug_config();
+  const at::Tensor table = vision::rotary_freq_table(9, c);
+  ASSERT_EQ(table.sizes(), (std::vector<int64_t>{9, c.head_dim() / 4}));
+  EXPECT_EQ(table[0].abs().max().item<float>(), 0.0f);
+  EXPECT_TRUE(at::equal(table[1], rope_inv_freq(c.rope_theta, c.head_dim() / 2)));
+  at::Tensor grid = at::tensor(std::vector<int64_t>{1, 8, 8, 2, 4, 6}).view({2, 3});
+  const at::Tensor e = vision::rot_pos_emb(grid, c);
+  ASSERT_EQ(e.sizes(), (std::vector<int64_t>{64 + 2 * 24, c.head_dim() / 2}));
+  const vision::CosSin cs = vision::rotary(vision::position_ids(grid, c.spatial_merge_size), c);
+  EXPECT_TRUE(at::equal(at::cat({e, e}, -1).cos(), cs.cos));
+  EXPECT_TRUE(at::equal(at::cat({e, e}, -1).sin(), cs.sin));
+}
+
 TEST(VisionRope, QwenBuilderIsVisionRotaryBitForBit) {
   VisionConfig c = plug_config();
   at::Tensor grid = at::tensor(std::vector<int64_t>{1, 8, 8, 2, 4, 6}).view({2, 3});
