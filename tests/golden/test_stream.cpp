@@ -1,10 +1,13 @@
 // qvl check --stream against the plain replay: on every call of the committed recordings (and the real-size
 // vision scenario when generated), the streamed tree (converter/convert.h: open_weights_streamed, each call
 // loading only its module's weights) gives the same status and bit-identical metrics as the fully loaded,
-// cast tree, from a qvl.weights file and from a checkpoint directory.
+// cast tree, from a qvl.weights file and from a checkpoint directory. qvl run --stream (the chained run, one
+// layer loaded at a time) writes a recording that compares with the reference exactly as the plain run's does.
 #include <gtest/gtest.h>
 
 #include <filesystem>
+
+#include "instrument/compare.h"
 
 #include "tests/golden/golden_support.h"
 #include "tests/support/test_support.h"
@@ -76,6 +79,54 @@ TEST(Stream, TinyRecordingsFromTheCheckpointDirectoryMatchThePlainReplay) {
     QVL_REQUIRE_FILE(data_path(name));
     QVL_REQUIRE_FILE(data_path("weights/tiny/config.json"));
     EXPECT_GT(compare_streamed(data_path(name), data_path("weights/tiny")), 40) << name;
+  }
+}
+
+// The chained run (qvl run model / run vision [--stream]) with plain and streamed weights: both recordings,
+// compared with the reference, give the same rows, verdicts and bit-identical numbers.
+void expect_same_chained_run(const std::string& recording, const std::string& weights_path, bool vision_only) {
+  Recording ref = Recording::open(recording);
+  TempDir tmp;
+  const std::string out_plain = tmp.path() + "/plain.h5", out_streamed = tmp.path() + "/streamed.h5";
+  const ReplayModel plain = load_replay_model(weights_path, ref, /*stream=*/false);
+  const ReplayModel streamed = load_replay_model(weights_path, ref, /*stream=*/true);
+  ASSERT_TRUE(streamed.weights.is_lazy());
+  const auto record = vision_only ? record_vision_chained : record_model_chained;
+  const size_t n_plain = record(plain.weights, plain.config, ref, out_plain);
+  const size_t n_streamed = record(streamed.weights, streamed.config, ref, out_streamed);
+  EXPECT_EQ(n_plain, n_streamed) << recording;
+  EXPECT_GT(n_plain, 10u) << recording;
+  const CompareReport a = compare_recordings(ref, Recording::open(out_plain));
+  const CompareReport b = compare_recordings(ref, Recording::open(out_streamed));
+  EXPECT_EQ(a.compared, b.compared) << recording;
+  EXPECT_EQ(a.failed, b.failed) << recording;
+  EXPECT_EQ(a.missing, b.missing) << recording;
+  EXPECT_EQ(a.first_divergent, b.first_divergent) << recording;
+  ASSERT_EQ(a.rows.size(), b.rows.size()) << recording;
+  for (size_t r = 0; r < a.rows.size(); ++r) {
+    const CompareRow &x = a.rows[r], &y = b.rows[r];
+    const std::string what = recording + " " + x.ref.module_path;
+    EXPECT_EQ(x.present, y.present) << what;
+    EXPECT_EQ(x.pass, y.pass) << what;
+    EXPECT_EQ(x.why, y.why) << what;
+    EXPECT_EQ(x.max_rel, y.max_rel) << what;
+    EXPECT_EQ(x.min_pearson, y.min_pearson) << what;
+    ASSERT_EQ(x.tensors.size(), y.tensors.size()) << what;
+    for (size_t t = 0; t < x.tensors.size(); ++t) {
+      EXPECT_EQ(x.tensors[t].verdict.pass, y.tensors[t].verdict.pass) << what;
+      expect_same_metrics(x.tensors[t].vs_ref, y.tensors[t].vs_ref, what + " " + x.tensors[t].name);
+    }
+  }
+}
+
+TEST(Stream, ChainedRunStreamedEqualsThePlainRun) {
+  for (const char* name : {"recordings/tiny_fp32.h5", "recordings/tiny_bf16.h5"}) {
+    QVL_REQUIRE_FILE(data_path(name));
+    QVL_REQUIRE_FILE(data_path("weights/tiny.h5"));
+    QVL_REQUIRE_FILE(data_path("weights/tiny/config.json"));
+    expect_same_chained_run(data_path(name), data_path("weights/tiny.h5"), /*vision_only=*/false);
+    expect_same_chained_run(data_path(name), data_path("weights/tiny"), /*vision_only=*/false);
+    expect_same_chained_run(data_path(name), data_path("weights/tiny"), /*vision_only=*/true);
   }
 }
 
