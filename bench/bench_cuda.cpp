@@ -46,13 +46,6 @@ double median_us(int reps, int inner, const std::function<void()>& run) {
   return t.median_ms * 1e3 / inner;
 }
 
-at::ScalarType parse_dtype(const std::string& s) {
-  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
-  if (s == "fp16" || s == "float16") return at::kHalf;
-  if (s == "fp32" || s == "float32") return at::kFloat;
-  throw std::runtime_error("dtype must be bf16, fp16 or fp32, got '" + s + "'");
-}
-
 struct Row {
   std::string name;
   double us;
@@ -84,7 +77,7 @@ int bench_rope(const std::string& layout, const std::vector<std::string>& a) {
   if ((text && a.size() != 7) || (!text && a.size() != 5)) throw std::runtime_error("rope: wrong argument count");
   const int64_t B = text ? std::stoll(a[0]) : 1, L = std::stoll(a[text ? 1 : 0]);
   const int64_t HQ = std::stoll(a[text ? 2 : 1]), HKV = text ? std::stoll(a[3]) : HQ, DH = std::stoll(a[text ? 4 : 2]);
-  const at::ScalarType dt = parse_dtype(a[text ? 5 : 3]);
+  const at::ScalarType dt = parse_cast_dtype(a[text ? 5 : 3]);
   const int reps = std::stoi(a[text ? 6 : 4]);
   auto [qkv, q, k] = fused_qkv(B, L, HQ, HKV, DH, dt);
   const double qk_bytes = static_cast<double>(B * L * (HQ + HKV) * DH) * q.element_size();
@@ -148,7 +141,7 @@ int bench_rope(const std::string& layout, const std::vector<std::string>& a) {
 int bench_rmsnorm(const std::vector<std::string>& a) {
   if (a.size() != 4) throw std::runtime_error("rmsnorm: ROWS D DTYPE REPS");
   const int64_t R = std::stoll(a[0]), D = std::stoll(a[1]);
-  const at::ScalarType dt = parse_dtype(a[2]);
+  const at::ScalarType dt = parse_cast_dtype(a[2]);
   const int reps = std::stoi(a[3]);
   at::Tensor x = at::randn({R, D}, at::TensorOptions().device(kGpu).dtype(dt));
   Weights w;

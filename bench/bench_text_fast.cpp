@@ -26,11 +26,16 @@ using qvl::Weights;
 struct Stat {
   double median, min;
 };
+struct Pairs {
+  Stat plain, fast;
+  double gain, gain_min, gain_max;  // median, min and max of the per-pair ratios plain / fast
+};
 
-// Times a and b alternately (after one warm-up call each); `setup`, if given, runs untimed before each call.
-std::pair<Stat, Stat> ab(int reps, const std::function<void()>& a, const std::function<void()>& b,
-                         const std::function<void()>& setup = {}) {
-  std::vector<double> ta, tb;
+// Times a and b alternately, pair by pair (after one warm-up call each); `setup`, if given, runs untimed before
+// each call.
+Pairs ab(int reps, const std::function<void()>& a, const std::function<void()>& b,
+         const std::function<void()>& setup = {}) {
+  std::vector<double> ta, tb, ratio;
   auto timed = [&](const std::function<void()>& f) {
     if (setup) setup();
     return qvl::bench::time_ms(1, 0, f).median_ms;
@@ -40,17 +45,19 @@ std::pair<Stat, Stat> ab(int reps, const std::function<void()>& a, const std::fu
   for (int i = 0; i < reps; ++i) {
     ta.push_back(timed(a));
     tb.push_back(timed(b));
+    ratio.push_back(ta.back() / tb.back());
   }
   auto stat = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return Stat{v[v.size() / 2], v.front()};
   };
-  return {stat(ta), stat(tb)};
+  std::sort(ratio.begin(), ratio.end());
+  return {stat(ta), stat(tb), ratio[ratio.size() / 2], ratio.front(), ratio.back()};
 }
 
-void row(const char* name, const std::pair<Stat, Stat>& s) {
-  std::printf("%-54s %10.2f %10.2f   %10.2f %10.2f   %6.2fx\n", name, s.first.median, s.first.min,
-              s.second.median, s.second.min, s.first.median / s.second.median);
+void row(const char* name, const Pairs& s) {
+  std::printf("%-54s %10.2f %10.2f   %10.2f %10.2f   %6.2fx (%.2f-%.2f)\n", name, s.plain.median, s.plain.min,
+              s.fast.median, s.fast.min, s.gain, s.gain_min, s.gain_max);
 }
 }  // namespace
 
@@ -102,10 +109,10 @@ int main(int argc, char** argv) {
 
   std::printf(
       "text fast path, one choice at a time: 7B text sizes, float32, %d threads; medians and minimums of %d "
-      "(decode: %d) interleaved reps, ms\n",
-      at::get_num_threads(), reps, 4 * reps);
+      "(decode: %d) interleaved reps, ms; gain: median (min-max) of the per-pair ratios\n%s\n",
+      at::get_num_threads(), reps, 4 * reps, qvl::bench::machine_line().c_str());
   std::printf("%-54s %10s %10s   %10s %10s   %7s\n", "step (plain way -> fast way)", "plain med", "plain min",
-              "fast med", "fast min", "gain");
+              "fast med", "fast min", "gain (pairs)");
   for (int64_t T : {L, int64_t{1}}) {
     const int n = T == 1 ? 4 * reps : reps;
     const std::string tag = T == 1 ? " [decode]" : " [prefill]";

@@ -27,11 +27,34 @@ inline Timing time_ms(int reps, int warmup, const std::function<void()>& run) {
 }  // namespace qvl::bench
 
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <string>
 
+#include <ATen/Parallel.h>
+
 namespace qvl::bench {
+
+// The machine line printed with every figure (bench/timing.py machine_line's C++ side): the CPU model, the
+// vector extensions ATen can pick from (its capability is the best of these unless ATEN_CPU_CAPABILITY lowers
+// it), ATEN_CPU_CAPABILITY, and the thread count.
+inline std::string machine_line() {
+  std::string model = "unknown CPU", flags;
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    const std::string value = colon + 2 <= line.size() ? line.substr(colon + 2) : "";
+    if (line.rfind("model name", 0) == 0 && model == "unknown CPU") model = value;
+    if (line.rfind("flags", 0) == 0 && flags.empty()) flags = " " + value + " ";
+  }
+  auto has = [&](const char* f) { return flags.find(std::string(" ") + f + " ") != std::string::npos; };
+  const char* cap = std::getenv("ATEN_CPU_CAPABILITY");
+  return "CPU: " + model + "; avx2 " + (has("avx2") ? "yes" : "no") + ", avx512f " + (has("avx512f") ? "yes" : "no") +
+         "; ATEN_CPU_CAPABILITY=" + (cap ? cap : "unset") + "; threads " + std::to_string(at::get_num_threads());
+}
 
 // Serve mode, for benchmarks that interleave the two sides (bench/timing.py, Server): after `warmup` calls of
 // each named run, prints "ready"; then for each name read from stdin runs it once and prints the milliseconds

@@ -21,17 +21,9 @@ import sys
 import tempfile
 import time
 
+from timing import cpu_model
+
 here = os.path.dirname(os.path.abspath(__file__))
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def parse(out):

@@ -1,14 +1,15 @@
-"""Timing shared by the benchmark scripts: warm-up calls, then `reps` timed calls under torch.no_grad()."""
+"""Timing shared by the benchmark scripts: warm-up calls, then `reps` timed calls under torch.no_grad(), and the
+machine line printed with every figure. torch is imported where it is used, so that scripts which only start
+processes (bench_vit.py, bench_stream.py) can use cpu_model() without it."""
 import os
 import statistics
 import sys
 import time
 
-import torch
-
 
 def time_ms(fn, reps, warmup=3):
     """Returns (median ms, min ms)."""
+    import torch
     with torch.no_grad():
         for _ in range(warmup):
             fn()
@@ -30,18 +31,22 @@ def passive_openmp():
         os.execv(sys.executable, [sys.executable] + sys.argv)
 
 
-def machine_line():
-    """The CPU model, ATen's CPU capability and torch's thread count: printed with every figure."""
-    model = "unknown CPU"
+def cpu_model():
+    """The CPU model from /proc/cpuinfo ("unknown CPU" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return (f"CPU: {model}; ATen capability {torch.backends.cpu.get_cpu_capability()}; "
+    return "unknown CPU"
+
+
+def machine_line():
+    """The CPU model, ATen's CPU capability and torch's thread count: printed with every figure."""
+    import torch
+    return (f"CPU: {cpu_model()}; ATen capability {torch.backends.cpu.get_cpu_capability()}; "
             f"torch threads {torch.get_num_threads()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
 
 
@@ -75,6 +80,7 @@ def interleaved(ref_fn, ours_fn, pairs, warmup=3):
     """Times the reference and ours alternately, pair by pair (A B A B ...), so that drift in the machine's load
     falls on both sides of each pair. ours_fn returns its own milliseconds (a Server's time_ms). Returns a dict:
     ref and ours medians (ms), and the median, min and max of the per-pair speed ratios ref / ours."""
+    import torch
     with torch.no_grad():
         for _ in range(warmup):
             ref_fn()

@@ -79,7 +79,7 @@ TEST(FusedRopeHost, RefusesHostTensors) {
   }
 }
 
-TEST(QvlCheckCuda, FailsClearlyWithoutAUsableDevice) {
+TEST(QvlCheckCudaHost, FailsClearlyWithoutAUsableDevice) {
   const std::string why = cuda::unavailable_reason();
   if (why.empty()) GTEST_SKIP() << "a CUDA device is present: this test checks the message given without one";
   auto r = testing::run_qvl("check --device cuda");
