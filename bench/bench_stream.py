@@ -4,34 +4,24 @@ and through accelerate's disk offload) and `qvl check --stream` (against the non
 the model fits in memory). Each run is a child process; its peak RSS is the child's own (os.wait4's
 ru_maxrss). A measurement, not a test: it prints one row per run and the commands it ran.
 
-  py bench/bench_stream.py --model /work/big/ckpt --dtype bfloat16 --image synthetic:448x448 \\
+  py bench/bench_stream.py --model $BIG/ckpt --dtype bfloat16 --image synthetic:448x448 \\
       --modules 'model.visual.blocks.{0,1}' --modules lm_head --recorders plain,offload \\
-      --offload /work/big/offload --max-memory 10GiB --checks stream,plain --out /work/big/rec.h5
+      --offload $BIG/offload --max-memory 10GiB --checks stream,plain --out $BIG/rec.h5
 
 accelerate is pinned in scripts/requirements.txt; --pythonpath DIR still adds a directory to the
 recorder's PYTHONPATH.
 """
 import argparse
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 
+from timing import cpu_model
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run(cmd, env=None, log=None):

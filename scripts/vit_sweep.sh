@@ -2,7 +2,7 @@
 # Starts (or resumes) the default ViT sweep in the background, detached from the terminal, from a stable copy
 # of the binary so that rebuilding the checkout does not disturb it:
 #   bash scripts/vit_sweep.sh [STATE_DIR] [extra qvl vit sweep options...]
-# STATE_DIR (default /work/vit_sweep) gets the binary copy, sweep.log and results/vit/ (runs/ + the tables and
+# STATE_DIR (default ~/.cache/qvl/vit_sweep, beside the Python environments) gets the binary copy, sweep.log and results/vit/ (runs/ + the tables and
 # the PNG). A killed sweep resumes where it stopped: runs whose file exists are skipped. Copy
 # STATE_DIR/results/vit into the repository's results/vit to commit them; a fresh STATE_DIR starts from the
 # run files committed there, so a sweep spans sessions and machines.
@@ -13,7 +13,7 @@
 # than 1 (measured: 12 vs 52 images/s under load 16); passive waiting removes that.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-state="${1:-/work/vit_sweep}"
+state="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/qvl/vit_sweep}"
 shift || true
 mkdir -p "$state"
 # A sweep committed part-way (results/vit/runs in the checkout) resumes here: its run files seed a new state dir.
