@@ -101,14 +101,14 @@ Weights fuse_projections(const Weights& w, bool pack) {
     fuse(root, layer.at("self_attn"), {"q_proj", "k_proj", "v_proj"}, "qkv_proj", "bias");
     fuse(root, layer.at("mlp"), {"gate_proj", "up_proj"}, "gate_up_proj", "weight");
     if (!pack) continue;
-    const std::string base = join_path(w.path(), layer_rel);
     for (const char* proj : {"self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"}) {
-      const at::Tensor& weight = root.tensor(base + proj + ".weight");
+      const std::string at_proj = join_path(layer.path(), proj);
+      const at::Tensor& weight = root.tensor(at_proj + ".weight");
       if (weight.scalar_type() != at::kFloat || !weight.device().is_cpu()) {
-        throw WeightsError("text::fuse_projections(pack): '" + base + proj + ".weight' is " +
+        throw WeightsError("text::fuse_projections(pack): '" + at_proj + ".weight' is " +
                            describe(weight) + "; MKL's packed GEMM takes float32 CPU weights only");
       }
-      root.set(base + proj + ".packed", packed::pack(weight));
+      root.set(at_proj + ".packed", packed::pack(weight));
     }
   }
   return out;
