@@ -319,6 +319,15 @@ at::Tensor resize_pos_embed(const at::Tensor& pos_embed, int64_t grid, int64_t g
   return p.permute({0, 2, 3, 1}).reshape({1, gh * gw, W});
 }
 
+at::Tensor scaled_logits(const at::Tensor& q, const at::Tensor& k) {
+  return at::matmul(q, k.transpose(-1, -2)) / std::sqrt(double(q.size(-1)));
+}
+
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (q.size(-2) <= kExplicitAttentionMaxTokens) return at::matmul(at::softmax(scaled_logits(q, k), -1), v);
+  return at::scaled_dot_product_attention(q, k, v);
+}
+
 at::Tensor attention_logits(const Weights& w, const VitConfig& c, int64_t layer, const at::Tensor& x, const RopeTables& tables) {
   VitConfig nc = c;
   nc.cls_token = false;  // x holds patch tokens only
@@ -326,7 +335,7 @@ at::Tensor attention_logits(const Weights& w, const VitConfig& c, int64_t layer,
   const int64_t B = x.size(0), T = x.size(1), H = c.heads, D = c.head_dim();
   at::Tensor qkv = linear(blk, "attn.qkv", x).reshape({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});
   auto [q, k] = rotated_qk(nc, tables, layer, qkv[0], qkv[1], nullptr);
-  return at::matmul(q, k.transpose(-1, -2)) / std::sqrt(double(D));
+  return scaled_logits(q, k);
 }
 
 at::Tensor forward(const Weights& w, const VitConfig& c, const at::Tensor& images, Positions mode,
@@ -356,7 +365,7 @@ at::Tensor forward(const Weights& w, const VitConfig& c, const at::Tensor& image
     at::Tensor h = layer_norm(blk, "norm1", x);
     at::Tensor qkv = linear(blk, "attn.qkv", h).reshape({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
     auto [q, k] = rotated_qk(c, tables, l, qkv[0], qkv[1], timer);
-    at::Tensor o = at::scaled_dot_product_attention(q, k, qkv[2]);  // [B, H, T, D]
+    at::Tensor o = attend(q, k, qkv[2]);  // [B, H, T, D]
     x = x + linear(blk, "attn.proj", o.transpose(1, 2).reshape({B, T, W}));
     x = x + linear(blk, "mlp.fc2", at::gelu(linear(blk, "mlp.fc1", layer_norm(blk, "norm2", x))));
   }

@@ -16,6 +16,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 
 #include "instrument/process.h"
 #include "vit/dist.h"
@@ -31,6 +32,7 @@ struct Common {
   std::string dataset = "fashion_mnist", data;
   std::string device = "cpu";
   int threads = 2;
+  int64_t batch_threads = 0;  // 0: one per thread on the CPU
   bool no_progress = false;
   int64_t eval_batch = 500;
 };
@@ -53,7 +55,7 @@ TrainOptions g_train = [] {
   return o;
 }();
 DistOpts g_dist;
-int64_t g_train_subset = 0;
+int64_t g_train_subset = 0, g_holdout = 0;
 std::string g_losses_out;
 std::string g_out = "vit_model.h5", g_model_path, g_positions = "extend", g_sweep_out = "results/vit", g_plot_python;
 bool g_no_eval = false, g_tables_only = false;
@@ -115,11 +117,18 @@ void setup_threads() {
   if (g_common.threads > 0) at::set_num_threads(g_common.threads);
 }
 
+// --batch-threads, with 0 resolved: on the CPU one worker per thread, elsewhere 1.
+int64_t batch_threads() {
+  if (g_common.batch_threads > 0) return g_common.batch_threads;
+  return g_common.device == "cpu" ? int64_t(at::get_num_threads()) : 1;
+}
+
 TrainOptions train_options(const std::string& label) {
   TrainOptions o = g_train;
   o.device = g_common.device;
   o.progress = !g_common.no_progress;
   o.label = label;
+  o.batch_threads = batch_threads();
   return o;
 }
 
@@ -129,15 +138,17 @@ int cmd_train() {
   setup_threads();
   std::unique_ptr<DistContext> dist;
   if (g_dist.world > 1) dist = make_dist(g_dist.world, g_dist.rank, g_dist.master, g_common.device);
-  Dataset tr = take(load_dataset(g_common.dataset, g_common.data, true), g_train_subset);
+  Dataset tr = load_dataset(g_common.dataset, g_common.data, true), val;
+  if (g_holdout > 0) std::tie(tr, val) = hold_out(tr, g_holdout);
+  tr = take(tr, g_train_subset);
   VitConfig c = model_config(g_model.rope, tr);
   TrainOptions o = train_options("train " + c.rope.spec());
   if (dist) o.reducer = &dist->reducer;
   const bool lead = g_dist.rank == 0;
   if (lead)
-    std::fprintf(stderr, "qvl vit train: %s, %lld images, rope %s, width %lld, depth %lld, heads %lld, %lld epochs, batch %lld, %d threads, %s%s\n",
+    std::fprintf(stderr, "qvl vit train: %s, %lld images, rope %s, width %lld, depth %lld, heads %lld, %lld epochs, batch %lld, %d threads (batch split %lld), %s%s\n",
                  tr.name.c_str(), (long long)tr.size(), c.rope.spec().c_str(), (long long)c.width, (long long)c.depth,
-                 (long long)c.heads, (long long)o.epochs, (long long)o.batch, at::get_num_threads(), o.device.c_str(),
+                 (long long)c.heads, (long long)o.epochs, (long long)o.batch, at::get_num_threads(), (long long)o.batch_threads, o.device.c_str(),
                  dist ? (", world " + std::to_string(g_dist.world)).c_str() : "");
   TrainResult r = train(c, tr, o);
   if (lead) {
@@ -152,11 +163,12 @@ int cmd_train() {
                    " on " + tr.name);
     std::printf("saved %s\n", g_out.c_str());
     if (!g_no_eval) {
-      Dataset te = load_dataset(g_common.dataset, g_common.data, false);
+      const Dataset te = g_holdout > 0 ? val : load_dataset(g_common.dataset, g_common.data, false);
+      const char* set = g_holdout > 0 ? "held-out" : "test";
       for (int64_t res : resolutions_or({c.image})) {
         EvalResult e = evaluate(r.weights, c, te, res, parse_positions(g_positions), g_common.eval_batch, o.device, o.progress,
-                                "eval " + std::to_string(res) + "px");
-        std::printf("test %lldpx (%s): top-1 %.2f%%, loss %.4f, %.0f images/s\n", (long long)res, g_positions.c_str(),
+                                "eval " + std::to_string(res) + "px", o.batch_threads);
+        std::printf("%s %lldpx (%s): top-1 %.2f%%, loss %.4f, %.0f images/s\n", set, (long long)res, g_positions.c_str(),
                     100 * e.accuracy, e.loss, e.images_per_s);
       }
     }
@@ -175,7 +187,7 @@ int cmd_eval() {
               (long long)m.config.image, (long long)m.config.patch);
   for (int64_t res : resolutions_or({m.config.image})) {
     EvalResult e = evaluate(m.weights, m.config, te, res, parse_positions(g_positions), g_common.eval_batch, g_common.device,
-                            !g_common.no_progress, "eval " + std::to_string(res) + "px");
+                            !g_common.no_progress, "eval " + std::to_string(res) + "px", batch_threads());
     std::printf("test %lldpx (%s): top-1 %.2f%%, loss %.4f, %.0f images/s\n", (long long)res, g_positions.c_str(), 100 * e.accuracy,
                 e.loss, e.images_per_s);
   }
@@ -516,6 +528,8 @@ int cmd_sweep() {
                              {"shift", o.shift}, {"shift_until", o.shift_until},
                              {"label_smoothing", o.label_smoothing}, {"flip", o.flip}, {"train_images", tr.size()}, {"max_steps", o.max_steps}}},
                 {"threads", at::get_num_threads()}, {"device", o.device}, {"cpu", cpu_model()}};
+      // a split batch rounds differently; 1 (no split) is left out, so such runs match the files written before the split existed
+      if (o.batch_threads > 1) j["options"]["batch_threads"] = o.batch_threads;
       json losses = json::array();
       for (size_t i = 0; i < r.losses.size(); i += 10) losses.push_back(r.losses[i]);
       j["train"] = {{"seconds", r.train_s}, {"images_per_s", r.images_per_s}, {"steps", r.losses.size()},
@@ -533,7 +547,7 @@ int cmd_sweep() {
             continue;
           }
           EvalResult e = evaluate(r.weights, c, te, rr, parse_positions(m), g_common.eval_batch, o.device, !g_common.no_progress,
-                                  "  eval " + m + " " + std::to_string(rr) + "px");
+                                  "  eval " + m + " " + std::to_string(rr) + "px", o.batch_threads);
           j["eval"][m][std::to_string(rr)] = {{"accuracy", e.accuracy}, {"loss", e.loss}, {"images_per_s", e.images_per_s}};
         }
       }
@@ -564,6 +578,10 @@ void add_common(CLI::App* cmd) {
   cmd->add_option("--device", g_common.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   cmd->add_option("--threads", g_common.threads, "CPU threads (at::set_num_threads; 0: LibTorch's default)")->capture_default_str();
   cmd->add_option("--eval-batch", g_common.eval_batch, "Evaluation batch")->capture_default_str();
+  cmd->add_option("--batch-threads", g_common.batch_threads,
+                  "CPU: split each batch over this many worker threads, each with threads/batch-threads intra-op threads "
+                  "(0: one per thread; 1: no split)")
+      ->check(CLI::Range(int64_t(0), int64_t(256)))->capture_default_str();
   cmd->add_flag("--no-progress", g_common.no_progress, "No progress bar on stderr");
 }
 void add_model_and_train(CLI::App* cmd) {
@@ -600,6 +618,10 @@ CLI::App* add_vit_command(CLI::App& app) {
   g_train_cmd->add_option("--seed", g_train.seed, "Seed (initialisation, shuffle, augmentation)")->capture_default_str();
   g_train_cmd->add_option("-o,--out", g_out, "Output model (.h5, written to a temporary and renamed)")->capture_default_str();
   g_train_cmd->add_flag("--no-eval", g_no_eval, "Skip the test-set evaluation");
+  g_train_cmd->add_option("--holdout", g_holdout,
+                          "Validation split: train without the last N training images and evaluate on them instead of the test set "
+                          "(for choosing a protocol without looking at the test set)")
+      ->capture_default_str();
   g_train_cmd->add_option("--losses-out", g_losses_out, "Write the per-step losses (JSON array) to this file");
   g_train_cmd->add_option("--resolutions", g_resolutions, "Test resolutions (default: the training size)");
   g_train_cmd->add_option("--positions", g_positions, "extend or rescale (test resolutions other than the training one)")->capture_default_str();

@@ -172,4 +172,19 @@ Dataset take(const Dataset& d, int64_t n) {
   return r;
 }
 
+std::pair<Dataset, Dataset> hold_out(const Dataset& d, int64_t n) {
+  if (n <= 0 || n >= d.size())
+    throw std::runtime_error(d.name + ": cannot hold out " + std::to_string(n) + " of " + std::to_string(d.size()) +
+                             " images (need 0 < n < " + std::to_string(d.size()) + ")");
+  const int64_t k = d.size() - n;
+  Dataset fit = d, val = d;
+  fit.images = d.images.slice(0, 0, k);
+  fit.labels = d.labels.slice(0, 0, k);
+  val.images = d.images.slice(0, k);
+  val.labels = d.labels.slice(0, k);
+  val.name = d.name + "[" + std::to_string(k) + ":]";
+  fit.name = d.name + "[:" + std::to_string(k) + "]";
+  return {fit, val};
+}
+
 }  // namespace qvl::vit

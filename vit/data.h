@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace qvl::vit {
 
@@ -46,5 +47,8 @@ Dataset load_dataset(const std::string& name, const std::string& dir, bool train
 
 // The first n images (n <= 0 or >= size: all).
 Dataset take(const Dataset& d, int64_t n);
+
+// A validation split: {the first size-n images, the last n} (names marked "[:k]" and "[k:]"); 0 < n < size.
+std::pair<Dataset, Dataset> hold_out(const Dataset& d, int64_t n);
 
 }  // namespace qvl::vit

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <chrono>
 #include <cmath>
@@ -11,6 +12,7 @@
 #include "functional/error.h"
 #include "instrument/h5io.h"
 #include "vit/progress.h"
+#include "vit/workers.h"
 
 namespace qvl::vit {
 namespace {
@@ -49,15 +51,31 @@ struct AdamWGroup {
     if (params.empty()) return;
     c10::NoGradGuard ng;
     std::vector<at::Tensor> grads;
-    for (auto& p : params) grads.push_back(p.grad().defined() ? p.grad() : at::zeros_like(p));
+    for (auto& p : params) grads.push_back(p.grad());
     for (auto& s : steps) s.add_(1);  // the caller counts the steps, as torch.optim does
     at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, {}, steps, lr, 0.9, 0.999, weight_decay, 1e-8,
                       /*amsgrad=*/false, /*maximize=*/false);
   }
-  void zero_grad() {
-    for (auto& p : params)
-      if (p.grad().defined()) p.mutable_grad() = at::Tensor();  // set_to_none
-  }
+};
+
+// Workers for a batch split, or none when it is 1 (or off the CPU): the work then runs on the caller.
+std::unique_ptr<Workers> make_workers(int64_t batch_threads, const at::Device& dev) {
+  if (batch_threads <= 1 || !dev.is_cpu()) return nullptr;
+  return std::make_unique<Workers>(batch_threads, std::max(1, at::get_num_threads() / int(batch_threads)));
+}
+void run_shares(Workers* w, const std::function<void(int64_t)>& job) {
+  if (w)
+    w->run(job);
+  else
+    job(0);
+}
+
+// One share of a training step: its loss weighted by its part of the batch, and that loss's gradients.
+struct ShareStep {
+  std::vector<at::Tensor> grads;
+  at::Tensor loss, correct;  // weighted mean loss; number right
+  RopeTimer rope;
+  double forward_s = 0;
 };
 
 at::Tensor resize_to(const at::Tensor& x, int64_t r) {
@@ -142,6 +160,9 @@ TrainResult train(const VitConfig& c, const Dataset& data, const TrainOptions& o
     tables = rope_tables(r.weights, c, c.grid(), c.grid(), Positions::Extend);
     r.rope.build_s += now_s() - t0;
   }
+  const int64_t shares = dev.is_cpu() ? std::max<int64_t>(1, std::min(o.batch_threads, local)) : 1;
+  std::unique_ptr<Workers> workers = make_workers(shares, dev);
+  std::vector<ShareStep> parts(static_cast<size_t>(shares));
   Progress bar(o.label, total, o.progress && rank == 0);
   const double t_start = now_s();
   int64_t step = 0;
@@ -157,21 +178,42 @@ TrainResult train(const VitConfig& c, const Dataset& data, const TrainOptions& o
         labels = labels.slice(0, rank * local, (rank + 1) * local);
       }
       const double lr = lr_at(o, step, total);
-      decay_group.zero_grad();
-      no_decay_group.zero_grad();
-      const double tf = now_s();
-      at::Tensor logits = forward(r.weights, c, normalise(imgs, dev), Positions::Extend, tables, &r.rope);
-      at::Tensor y = labels.to(dev);
-      at::Tensor loss = at::cross_entropy_loss(logits, y, {}, at::Reduction::Mean, -100, o.label_smoothing);
-      r.forward_s += now_s() - tf;
-      loss.backward();
-      at::Tensor stats = at::stack({loss.detach(), (logits.detach().argmax(1) == y).sum().to(at::kFloat) / double(local)}).to(at::kDouble).cpu();
+      const at::Tensor x = normalise(imgs, dev), y = labels.to(dev);
+      run_shares(workers.get(), [&](int64_t i) {
+        const auto [b, e] = share_range(local, shares, i);
+        ShareStep& st = parts[size_t(i)];
+        st = ShareStep();
+        const double tf = now_s();
+        at::Tensor lg = forward(r.weights, c, x.slice(0, b, e), Positions::Extend, tables, &st.rope);
+        at::Tensor yi = y.slice(0, b, e);
+        at::Tensor loss = at::cross_entropy_loss(lg, yi, {}, at::Reduction::Mean, -100, o.label_smoothing);
+        if (shares > 1) loss = loss * (double(e - b) / double(local));  // the mean over the whole batch
+        st.forward_s = now_s() - tf;
+        st.grads = torch::autograd::grad({loss}, params, {}, /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+        st.loss = loss.detach();
+        st.correct = (lg.detach().argmax(1) == yi).sum();
+      });
+      // the shares' sums in a fixed order, whatever order the workers finished in
+      at::Tensor loss_t = parts[0].loss, correct_t = parts[0].correct;
+      for (size_t k = 0; k < params.size(); ++k) {
+        at::Tensor g = parts[0].grads[k].defined() ? parts[0].grads[k] : at::zeros_like(params[k]);
+        for (int64_t i = 1; i < shares; ++i)
+          if (parts[size_t(i)].grads[k].defined()) g = g + parts[size_t(i)].grads[k];
+        params[k].mutable_grad() = g;
+      }
+      for (int64_t i = 1; i < shares; ++i) {
+        loss_t = loss_t + parts[size_t(i)].loss;
+        correct_t = correct_t + parts[size_t(i)].correct;
+      }
+      for (auto& st : parts) {
+        r.forward_s += st.forward_s;
+        r.rope.build_s += st.rope.build_s;
+        r.rope.apply_s += st.rope.apply_s;
+      }
+      at::Tensor stats = at::stack({loss_t, correct_t.to(at::kFloat) / double(local)}).to(at::kDouble).cpu();
       if (world > 1) {
         std::vector<at::Tensor> grads;
-        for (auto& p : params) {
-          if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
-          grads.push_back(p.grad());
-        }
+        for (auto& p : params) grads.push_back(p.grad());
         grads.push_back(stats);
         o.reducer->average(grads);
       }
@@ -203,7 +245,7 @@ at::Tensor logits(const Weights& w, const VitConfig& c, const at::Tensor& images
 }
 
 EvalResult evaluate(const Weights& w, const VitConfig& c, const Dataset& data, int64_t resolution, Positions mode,
-                    int64_t batch, const std::string& device, bool progress, const std::string& label) {
+                    int64_t batch, const std::string& device, bool progress, const std::string& label, int64_t batch_threads) {
   c10::NoGradGuard ng;
   const at::Device dev = parse_device(device);
   Weights wd = w.tensor("head.weight").device() == dev ? w : map_weights(w, dev, false);
@@ -211,6 +253,9 @@ EvalResult evaluate(const Weights& w, const VitConfig& c, const Dataset& data, i
     throw std::runtime_error("vit eval: resolution " + std::to_string(resolution) + " is not a multiple of the patch " + std::to_string(c.patch));
   const int64_t g = resolution / c.patch, N = data.size();
   RopeTables tables = c.rope.rotary() ? rope_tables(wd, c, g, g, mode) : RopeTables();
+  const int64_t shares = dev.is_cpu() ? std::max<int64_t>(1, std::min(batch_threads, batch)) : 1;
+  std::unique_ptr<Workers> workers = make_workers(shares, dev);
+  std::vector<at::Tensor> parts(static_cast<size_t>(shares));
   Progress bar(label, N, progress);
   EvalResult r;
   r.resolution = resolution;
@@ -220,7 +265,15 @@ EvalResult evaluate(const Weights& w, const VitConfig& c, const Dataset& data, i
     const int64_t e = std::min(N, s + batch);
     at::Tensor x = resize_to(data.images.slice(0, s, e).to(dev).to(at::kFloat), resolution).div_(127.5).sub_(1.0);
     at::Tensor y = data.labels.slice(0, s, e).to(dev);
-    at::Tensor lg = forward(wd, c, x, mode, tables);
+    run_shares(workers.get(), [&](int64_t i) {
+      c10::NoGradGuard worker_ng;  // grad mode is per thread
+      const auto [b0, e0] = share_range(x.size(0), shares, i);
+      parts[size_t(i)] = b0 < e0 ? forward(wd, c, x.slice(0, b0, e0), mode, tables) : at::Tensor();
+    });
+    std::vector<at::Tensor> got;
+    for (auto& p : parts)
+      if (p.defined()) got.push_back(p);
+    at::Tensor lg = got.size() == 1 ? got[0] : at::cat(got);
     loss += at::cross_entropy_loss(lg, y, {}, at::Reduction::Sum).item<double>();
     correct += (lg.argmax(1) == y).sum().item<double>();
     char m[64];

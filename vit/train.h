@@ -7,6 +7,8 @@
 // a horizontal flip with probability 1/2.
 // Determinism: the shuffle and the augmentation come from a CPU generator seeded with `seed`, the
 // initialisation from init(cfg, seed); with one thread two runs give the same losses bit for bit.
+// Batch split: TrainOptions::batch_threads workers each take a contiguous share of the batch (same idea as
+// the ranks below, inside one process).
 // Data parallel: with a `Reducer`, every rank draws the same global batch and augmentation, trains on its
 // contiguous share of it, and the gradients are averaged by the reducer before each step: the same
 // update as one process with the combined batch (float rounding aside).
@@ -45,6 +47,11 @@ struct TrainOptions {
   bool progress = true;           // progress bar on stderr
   std::string label = "train";    // progress bar label
   const Reducer* reducer = nullptr;
+  // CPU: split each (rank's) batch over this many worker threads (vit/workers.h), each with
+  // max(1, at::get_num_threads() / batch_threads) intra-op threads; their gradients are summed in a fixed
+  // order. 1: the whole batch on the calling thread. Deterministic for a given value; different values
+  // change the float rounding of the gradient sum (and so the run), not the update it approximates.
+  int64_t batch_threads = 1;
 };
 
 struct TrainResult {
@@ -69,10 +76,11 @@ struct EvalResult {
   double accuracy = 0, loss = 0, images_per_s = 0, seconds = 0;
   int64_t resolution = 0;
 };
-// Resizes the test images to `resolution` (bilinear, antialiased when shrinking) and evaluates.
+// Resizes the test images to `resolution` (bilinear, antialiased when shrinking) and evaluates; on the CPU
+// each batch is split over `batch_threads` worker threads as in training.
 EvalResult evaluate(const Weights& w, const VitConfig& c, const Dataset& data, int64_t resolution, Positions mode,
                     int64_t batch = 500, const std::string& device = "cpu", bool progress = false,
-                    const std::string& label = "eval");
+                    const std::string& label = "eval", int64_t batch_threads = 1);
 // Logits for a batch of images at their own size (for save/load checks).
 at::Tensor logits(const Weights& w, const VitConfig& c, const at::Tensor& images_u8, Positions mode = Positions::Extend);
 

@@ -26,6 +26,7 @@
 #include "tests/support/test_support.h"
 #include "vit/data.h"
 #include "vit/train.h"
+#include "vit/workers.h"
 
 namespace qvl::vit {
 namespace {
@@ -256,6 +257,29 @@ TEST(VitEquality, AxialMatrixAndBlock2EqualAxial) {
   EXPECT_GT((forward(w, ax, img) - forward(w, small_config("none"), img)).abs().max().item<double>(), 1e-4);
 }
 
+// vit::attend writes short sequences out (matmul, softmax, matmul) and sends long ones to ATen's fused kernel:
+// on both sides of the switch it equals at::scaled_dot_product_attention, values and gradients, to float
+// rounding (float32 on unit-scale inputs: 1e-5).
+TEST(VitAttend, EqualsScaledDotProductAttentionOnBothSides) {
+  at::Generator g = seeded(11);
+  for (int64_t T : std::vector<int64_t>{26, 50, kExplicitAttentionMaxTokens, kExplicitAttentionMaxTokens + 1, 82}) {
+    std::vector<at::Tensor> a, b;
+    for (int i = 0; i < 3; ++i) {
+      at::Tensor t = at::randn({3, 2, T, 64}, g);
+      a.push_back(t.clone().requires_grad_(true));
+      b.push_back(t.clone().requires_grad_(true));
+    }
+    at::Tensor go = at::randn({3, 2, T, 64}, g);
+    at::Tensor ya = attend(a[0], a[1], a[2]), yb = at::scaled_dot_product_attention(b[0], b[1], b[2]);
+    EXPECT_TRUE(at::allclose(ya, yb, 1e-5, 1e-5)) << "T " << T << ": max |diff| " << (ya - yb).abs().max().item<double>();
+    ya.backward(go);
+    yb.backward(go);
+    for (int i = 0; i < 3; ++i)
+      EXPECT_TRUE(at::allclose(a[i].grad(), b[i].grad(), 1e-5, 1e-5)) << "T " << T << " grad " << i << ": max |diff| "
+                                                                          << (a[i].grad() - b[i].grad()).abs().max().item<double>();
+  }
+}
+
 TEST(VitConfigTest, RotatedFractionAndParse) {
   EXPECT_DOUBLE_EQ(rotated_fraction(small_config("block:3")), 60.0 / 64.0);
   EXPECT_DOUBLE_EQ(rotated_fraction(small_config("block:5")), 60.0 / 64.0);
@@ -362,6 +386,23 @@ std::string cifar_records(int n, uint8_t label_of_last = 3) {
   return s;
 }
 
+// --holdout: the last n training images become the evaluation set, disjoint from what is trained on.
+TEST(VitData, HoldOutSplitsTheTail) {
+  Dataset d;
+  d.images = at::arange(10, at::kByte).reshape({10, 1, 1, 1});
+  d.labels = at::arange(10, at::kLong) % 3;
+  d.name = "toy/train";
+  auto [fit, val] = hold_out(d, 4);
+  EXPECT_EQ(fit.size(), 6);
+  EXPECT_EQ(val.size(), 4);
+  EXPECT_EQ(val.images.view(-1)[0].item<int>(), 6);
+  EXPECT_TRUE(at::equal(at::cat({fit.labels, val.labels}), d.labels));
+  EXPECT_EQ(val.name, "toy/train[6:]");
+  EXPECT_EQ(fit.name, "toy/train[:6]");
+  expect_error([&] { hold_out(d, 10); }, {"toy/train", "hold out 10 of 10"});
+  expect_error([&] { hold_out(d, 0); }, {"toy/train"});
+}
+
 TEST(VitData, Cifar10SmallFiles) {
   testing::TempDir d;
   for (int i = 1; i <= 5; ++i) testing::write_file(d.file("data_batch_" + std::to_string(i) + ".bin"), cifar_records(2));
@@ -432,6 +473,91 @@ TEST(VitTrain, SameSeedSameLossesOnOneThread) {
     EXPECT_EQ(a.losses, b.losses) << rope;
     o.seed = 6;
     EXPECT_NE(train(c, tr, o).losses, a.losses) << rope << ": the seed changes nothing";
+  }
+  at::set_num_threads(before);
+}
+
+// The in-process batch split (--batch-threads): each worker takes a contiguous share of the batch on one
+// intra-op thread and the shares' gradients are summed in a fixed order. Two split runs give the same losses
+// bit for bit; against the unsplit run on one thread they differ only by float rounding (1e-5 relative, the
+// data-parallel test's tolerance), also for an uneven split (64 = 22 + 21 + 21) and the learned frequencies.
+TEST(VitTrain, BatchSplitEqualsTheWholeBatchAndIsDeterministic) {
+  REQUIRE_FMNIST();
+  const int before = at::get_num_threads();
+  Dataset tr = take(load_fashion_mnist("", true), 640);
+  for (const std::string rope : {"mixed", "axial"}) {
+    VitConfig c = small_config(rope);
+    TrainOptions o;
+    o.batch = 64;
+    o.max_steps = 6;
+    o.seed = 4;
+    o.progress = false;
+    at::set_num_threads(1);
+    const TrainResult whole = train(c, tr, o);
+    for (int64_t k : {2, 3}) {
+      at::set_num_threads(int(k));
+      o.batch_threads = k;
+      const TrainResult a = train(c, tr, o), b = train(c, tr, o);
+      EXPECT_EQ(a.losses, b.losses) << rope << ": a split of " << k << " is not deterministic";
+      ASSERT_EQ(a.losses.size(), whole.losses.size());
+      for (size_t i = 0; i < a.losses.size(); ++i)
+        EXPECT_NEAR(a.losses[i], whole.losses[i], 1e-5 * std::max(1.0, std::abs(whole.losses[i]))) << rope << " split " << k << " step " << i;
+      for (const auto& [path, t] : a.weights.flatten())
+        EXPECT_TRUE(at::allclose(t, whole.weights.tensor(path), 1e-4, 1e-5)) << rope << " split " << k << ": " << path;
+      EXPECT_GT(a.forward_s, 0.0);
+    }
+    o.batch_threads = 1;
+  }
+  at::set_num_threads(before);
+}
+
+// The worker set runs each index once per job, on its own thread with its own intra-op thread count, and
+// hands a worker's error to the caller (the other workers still finish).
+TEST(VitWorkers, RunEveryShareOnceAndRethrow) {
+  const int before = at::get_num_threads();
+  Workers w(3, 1);
+  EXPECT_EQ(at::get_num_threads(), before) << "the caller's thread count changed";
+  for (int rep = 0; rep < 50; ++rep) {
+    std::vector<int> hits(3, 0), threads(3, 0);
+    std::vector<std::thread::id> ids(3);
+    w.run([&](int64_t i) {
+      ++hits[size_t(i)];
+      threads[size_t(i)] = at::get_num_threads();
+      ids[size_t(i)] = std::this_thread::get_id();
+    });
+    EXPECT_EQ(hits, std::vector<int>({1, 1, 1}));
+    EXPECT_EQ(threads, std::vector<int>({1, 1, 1}));
+    EXPECT_NE(ids[0], ids[1]);
+    EXPECT_NE(ids[0], std::this_thread::get_id());
+  }
+  std::vector<int> done(3, 0);
+  expect_error([&] {
+    w.run([&](int64_t i) {
+      if (i == 1) throw std::runtime_error("share 1 failed");
+      done[size_t(i)] = 1;
+    });
+  }, {"share 1 failed"});
+  EXPECT_EQ(done, std::vector<int>({1, 0, 1}));
+  using Range = std::pair<int64_t, int64_t>;
+  EXPECT_EQ(share_range(64, 3, 0), Range(0, 22));
+  EXPECT_EQ(share_range(64, 3, 2), Range(43, 64));
+  EXPECT_EQ(share_range(2, 5, 4), Range(2, 2));
+}
+
+// Evaluation split over workers: the same predictions as one thread (a last batch smaller than the split too).
+TEST(VitTrain, EvaluateSplitEqualsOneThread) {
+  REQUIRE_FMNIST();
+  const int before = at::get_num_threads();
+  Dataset te = take(load_fashion_mnist("", false), 1003);
+  VitConfig c = small_config("axial");
+  Weights w = init(c, 1);
+  at::set_num_threads(1);
+  const EvalResult one = evaluate(w, c, te, 36, Positions::Rescale, 500);
+  at::set_num_threads(2);
+  for (int64_t k : {2, 5}) {
+    const EvalResult split = evaluate(w, c, te, 36, Positions::Rescale, 500, "cpu", false, "eval", k);
+    EXPECT_EQ(split.accuracy, one.accuracy) << "split " << k;
+    EXPECT_NEAR(split.loss, one.loss, 1e-6 * std::abs(one.loss)) << "split " << k;
   }
   at::set_num_threads(before);
 }
