@@ -69,7 +69,9 @@ at::Tensor block_rotations(const at::Tensor& generators, const at::Tensor& posit
 // Dense block-diagonal matrices [..., D, D] from blocks [..., nb, b, b].
 at::Tensor block_diag_dense(const at::Tensor& blocks);
 
-// Applies the blocks: x' = R x per token, block by block (a batched b x b matmul, not the dense D x D).
+// Applies the blocks: x' = R x per token, block by block (a batched b x b matmul). When the blocks are per
+// position only ([M, nb, b, b]) and x has leading rows ([..., M, D]), each position's rows go through one GEMM
+// with the block-diagonal matrix instead (the same products; for finite x the off-block zeros add nothing).
 //   x       [..., M, D]  any float dtype; computed in the blocks' dtype (float32) and cast back
 //   blocks  [..., M, nb, b, b] broadcastable against x's leading dims; D >= nb*b
 //   out     [..., M, D]  partial rotary when nb*b < D: the first nb*b channels are rotated and the

@@ -121,15 +121,7 @@ at::Tensor pair_rotation_blocks(const at::Tensor& angles) {
 
 at::Tensor pair_rotation_matrix(const at::Tensor& angles) {
   TORCH_CHECK(angles.dim() >= 1, "rope::pair_rotation_matrix: angles must be [..., P], got a scalar");
-  at::Tensor blocks = pair_rotation_blocks(angles);
-  const int64_t P = angles.size(-1);
-  // R[..., p, i, q, j] = blocks[..., p, i, j] * delta(p, q)                          [..., P, 2, P, 2]
-  at::Tensor eye = at::eye(P, blocks.options()).view({P, 1, P, 1});
-  at::Tensor R = blocks.unsqueeze(-2) * eye;
-  std::vector<int64_t> shape = angles.sizes().vec();
-  shape.back() = 2 * P;
-  shape.push_back(2 * P);
-  return R.reshape(shape);  // [..., D, D]
+  return block_diag_dense(pair_rotation_blocks(angles));  // [..., D, D]
 }
 
 at::Tensor apply_pairs_matrix(const at::Tensor& x, const at::Tensor& angles) {

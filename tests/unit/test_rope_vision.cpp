@@ -301,6 +301,23 @@ TEST(BlockRope, NonCommutingGeneratorsBreakTheRelativeProperty) {
   EXPECT_GT(err, 0.05);
 }
 
+// apply_block_rope's per-position GEMM (blocks [M, nb, b, b], x with leading rows) against its broadcast b x b
+// products (the same blocks with a leading unit dim), values and gradients, with and without partial rotary.
+TEST(BlockRope, PerPositionGemmEqualsBroadcastProducts) {
+  for (int64_t D : {32, 35}) {
+    at::Tensor G = random_ld(2, 8, 4, 0.5, 16).to(at::kFloat);
+    at::Tensor blocks = block_rotations(G, at::rand({10, 2}, seeded(19)) * 14);  // [10, 8, 4, 4]
+    at::Tensor x0 = at::randn({2, 3, 10, D}, seeded(20)), go = at::randn({2, 3, 10, D}, seeded(21));
+    at::Tensor xa = x0.clone().requires_grad_(true), xb = x0.clone().requires_grad_(true);
+    at::Tensor ya = apply_block_rope(xa, blocks), yb = apply_block_rope(xb, blocks.unsqueeze(0));
+    EXPECT_LE(max_abs(ya, yb), 1e-6) << "D " << D;
+    ya.backward(go);
+    yb.backward(go);
+    EXPECT_LE(max_abs(xa.grad(), xb.grad()), 1e-6) << "D " << D;
+    if (D > 32) EXPECT_TRUE(at::equal(ya.narrow(-1, 32, D - 32), x0.narrow(-1, 32, D - 32))) << "the unrotated tail changed";
+  }
+}
+
 TEST(BlockRope, BlockwiseApplyEqualsDenseMatrix) {
   at::Tensor G = random_ld(2, 8, 4, 0.5, 16).to(at::kFloat);
   at::Tensor p = at::rand({10, 2}, seeded(17)) * 14;

@@ -67,7 +67,7 @@ void gradcheck(const std::function<at::Tensor(const std::vector<at::Tensor>&)>& 
     const int64_t n_in = inputs[k].numel();
     at::Tensor analytic = at::zeros({n_out, n_in}, at::kDouble), numeric = at::zeros({n_out, n_in}, at::kDouble);
     for (int64_t o = 0; o < n_out; ++o) {
-      at::Tensor go = at::zeros_like(out);
+      at::Tensor go = at::zeros_like(out, at::MemoryFormat::Contiguous);  // out may be a strided view
       go.view(-1)[o] = 1.0;
       auto g = torch::autograd::grad({out}, {inputs[k]}, {go}, /*retain_graph=*/true, /*create_graph=*/false, /*allow_unused=*/true);
       if (g[0].defined()) analytic[o] = g[0].reshape(-1);
