@@ -3,7 +3,9 @@
 # then every GPU check and benchmark of the fused CUDA paths, in order:
 #   1. ctest -L cuda        the fused paths against the plain ones (fails if any test was skipped);
 #   2. qvl check --device cuda on the committed bf16 transformers recording (the bf16 rule);
-#   3. bench/bench_cuda.py  RoPE, RMSNorm and the vision tower against transformers, same GPU, one run.
+#   3. bench/bench_cuda.py  RoPE, RMSNorm and the vision tower against transformers, same GPU, one run;
+#   4. qvl vit train --device cuda, one epoch, evaluated at 28 and 36 px, when Fashion-MNIST is there
+#      (QVL_FMNIST=DIR, default Debian's folder; the GPU machine has no network, so carry a copy).
 # Everything goes to stdout; the first failure stops it with a non-zero exit. Extra arguments go to
 # bench_cuda.py (e.g. --reps 50, --skip-tower).
 set -euo pipefail
@@ -38,3 +40,11 @@ echo "== 2. qvl check --device cuda"
 
 echo "== 3. bench/bench_cuda.py"
 "$py" "$here/bench/bench_cuda.py" --binary "$here/build/bench/qvl_bench_cuda" "$@"
+
+echo "== 4. qvl vit train --device cuda"
+fm="${QVL_FMNIST:-/usr/share/datasets/fashion-mnist}"
+if [ -f "$fm/train-images-idx3-ubyte.gz" ]; then
+  "$here/build/qvl" vit train --device cuda --data "$fm" --epochs 1 --resolutions 28 36 --no-progress -o "$(mktemp -d)/vit_cuda.h5"
+else
+  echo "gpu_check: step 4 not run: no Fashion-MNIST in $fm (set QVL_FMNIST)"
+fi
