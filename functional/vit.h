@@ -120,9 +120,10 @@ at::Tensor forward(const Weights& w, const VitConfig& c, const at::Tensor& image
 
 // softmax(q k^T / sqrt(D)) v for q, k, v [B, H, T, D]. Up to kExplicitAttentionMaxTokens tokens it is written
 // out (matmul, softmax, matmul); longer sequences go to at::scaled_dot_product_attention. Measured with
-// ATen's CPU kernels at D = 64 on one thread: at T = 50 (the 7x7 training grid plus the class token) the
-// explicit form runs forward+backward 1.3-1.5x faster than the flash-attention kernel, and forward ~1.2x; at
-// T = 65 and 82 the fused kernel's forward is faster. The two differ in float rounding only.
+// ATen's CPU kernels at D = 64 on one thread (bench/bench_vit_kernels.py): at T = 50 (the 7x7 training grid
+// plus the class token) the explicit form runs forward+backward 1.37x as fast as the flash-attention kernel
+// and forward 1.07x; at T = 65 and above the fused kernel's forward is faster (0.70x at 65, 0.40x at 197).
+// The two differ in float rounding only.
 constexpr int64_t kExplicitAttentionMaxTokens = 64;
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 // q k^T / sqrt(D)

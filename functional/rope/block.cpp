@@ -117,7 +117,7 @@ at::Tensor apply_block_rope(const at::Tensor& x, const at::Tensor& blocks) {
     // One set of blocks per position, shared by every leading row of x (the batch and heads): per position, one
     // GEMM of the rows [R, nb*b] with the transposed block-diagonal matrix. The zeros off the blocks add
     // nothing, so this is the same sum per channel as the b x b products below, without broadcasting the
-    // blocks over the rows (2-5x faster forward+backward at a ViT's sizes).
+    // blocks over the rows (1.6-2.7x as fast forward+backward at a ViT's sizes, bench/bench_vit_kernels.py).
     const int64_t R = xr.numel() / (M * rot);
     at::Tensor xm = xr.to(blocks.scalar_type()).reshape({R, M, rot}).transpose(0, 1);  // [M, R, nb*b]
     at::Tensor y = at::matmul(xm, block_diag_dense(blocks).transpose(-1, -2));         // [M, R, nb*b]

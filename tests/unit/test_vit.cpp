@@ -457,6 +457,16 @@ TEST(VitTrain, HundredStepsBeatChance) {
   EXPECT_GT(e.accuracy, 0.3) << "chance is 0.1";
 }
 
+// A short training run of batch 64 for the determinism and option checks.
+TrainOptions short_run(int64_t steps, uint64_t seed) {
+  TrainOptions o;
+  o.batch = 64;
+  o.max_steps = steps;
+  o.seed = seed;
+  o.progress = false;
+  return o;
+}
+
 TEST(VitTrain, SameSeedSameLossesOnOneThread) {
   REQUIRE_FMNIST();
   const int before = at::get_num_threads();
@@ -464,11 +474,7 @@ TEST(VitTrain, SameSeedSameLossesOnOneThread) {
   Dataset tr = take(load_fashion_mnist("", true), 640);
   for (const std::string rope : {"mixed", "block:3", "spiral:4"}) {
     VitConfig c = small_config(rope);
-    TrainOptions o;
-    o.batch = 64;
-    o.max_steps = 8;
-    o.seed = 5;
-    o.progress = false;
+    TrainOptions o = short_run(8, 5);
     TrainResult a = train(c, tr, o), b = train(c, tr, o);
     EXPECT_EQ(a.losses, b.losses) << rope;
     o.seed = 6;
@@ -487,11 +493,7 @@ TEST(VitTrain, BatchSplitEqualsTheWholeBatchAndIsDeterministic) {
   Dataset tr = take(load_fashion_mnist("", true), 640);
   for (const std::string rope : {"mixed", "axial"}) {
     VitConfig c = small_config(rope);
-    TrainOptions o;
-    o.batch = 64;
-    o.max_steps = 6;
-    o.seed = 4;
-    o.progress = false;
+    TrainOptions o = short_run(6, 4);
     at::set_num_threads(1);
     const TrainResult whole = train(c, tr, o);
     for (int64_t k : {2, 3}) {
@@ -570,11 +572,7 @@ TEST(VitTrain, ShiftUntilAndLabelSmoothing) {
   at::set_num_threads(1);
   Dataset tr = take(load_fashion_mnist("", true), 640);
   VitConfig c = small_config("axial");
-  TrainOptions o;
-  o.batch = 64;
-  o.max_steps = 8;
-  o.seed = 3;
-  o.progress = false;
+  TrainOptions o = short_run(8, 3);
   o.shift = 2;
   o.shift_until = 1;  // every step shifted
   const std::vector<double> shifted = train(c, tr, o).losses;
