@@ -1,8 +1,12 @@
 #include "vit/commands.h"
 
 #include <ATen/Parallel.h>
+#include <fcntl.h>
 #include <sys/prctl.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <csignal>
 #include <thread>
@@ -442,11 +446,43 @@ size_t count_run_files(const fs::path& runs_dir) {
   return n;
 }
 
-// --jobs N: starts N copies of this very command, each with --shard i/N (run k of the seed-major order goes
-// to share (k-1) mod N), and rewrites the tables (and the PNG) whenever a run file appears. Each share keeps
-// the --threads it was given, so `--jobs 2 --threads 1` runs two single-threaded trainings side by side.
+// The work queue of a --jobs sweep: a share takes a run by creating <run file>.claim exclusively (O_EXCL), so
+// every share takes the next run nobody has, in the seed-major order, and none idles while runs are left.
+// The share removes the claim after writing the run file; the parent clears the claims a killed sweep left.
+std::string claim_path(const fs::path& run_file) { return run_file.string() + ".claim"; }
+bool claim_run(const fs::path& run_file) {
+  const std::string p = claim_path(run_file);
+  const int fd = ::open(p.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+  if (fd < 0) {
+    if (errno == EEXIST) return false;
+    throw std::runtime_error("'" + p + "': cannot create the claim: " + std::strerror(errno));
+  }
+  const std::string pid = std::to_string(getpid()) + "\n";
+  const bool ok = ::write(fd, pid.data(), pid.size()) == ssize_t(pid.size());
+  ::close(fd);
+  if (!ok) throw std::runtime_error("'" + p + "': cannot write the claim");
+  if (fs::exists(run_file)) {  // finished by another share between our look and our claim
+    fs::remove(p);
+    return false;
+  }
+  return true;
+}
+void clear_claims(const fs::path& runs_dir) {
+  if (!fs::is_directory(runs_dir)) return;
+  for (const auto& e : fs::directory_iterator(runs_dir))
+    if (e.path().extension() == ".claim") {
+      std::fprintf(stderr, "vit sweep: removing the claim a stopped sweep left: %s\n", e.path().c_str());
+      fs::remove(e.path());
+    }
+}
+
+// --jobs N: starts N copies of this very command, each with --shard i/N; they take the runs from one queue
+// (claim_run) in the seed-major order. The parent rewrites the tables (and the PNG) whenever a run file
+// appears. Each share keeps the --threads it was given, so `--jobs 2 --threads 1` runs two single-threaded
+// trainings side by side. Two sweeps must not share one --out folder at the same time.
 int sweep_parent(const std::string& ds, const fs::path& runs_dir) {
   const double t0 = now_s();
+  clear_claims(runs_dir);
   const std::vector<std::string> argv = own_command_line();
   std::vector<pid_t> pids;
   for (int64_t i = 0; i < g_jobs; ++i) {
@@ -512,12 +548,13 @@ int cmd_sweep() {
   for (int64_t seed : g_seeds)
     for (const auto& v : g_variants) {
       ++k;
-      if ((k - 1) % shards != shard) continue;  // another share's run
       const fs::path file = runs_dir / (run_name(v, seed) + ".json");
       if (fs::exists(file)) {
-        std::fprintf(stderr, "[%lld/%lld] %s seed %lld: done earlier (%s)\n", (long long)k, (long long)total, v.c_str(), (long long)seed, file.c_str());
+        if (shard == 0)
+          std::fprintf(stderr, "[%lld/%lld] %s seed %lld: done earlier (%s)\n", (long long)k, (long long)total, v.c_str(), (long long)seed, file.c_str());
         continue;
       }
+      if (shards > 1 && !claim_run(file)) continue;  // another share has it
       const double t0 = now_s();
       VitConfig c = model_config(v, tr);
       TrainOptions o = train_options("[" + std::to_string(k) + "/" + std::to_string(total) + "] " + v + " s" + std::to_string(seed));
@@ -555,6 +592,7 @@ int cmd_sweep() {
       j["run_wall_s"] = t1 - t0;
       j["finished_at"] = now_iso();
       write_text_atomic(file.string(), j.dump(1) + "\n");
+      if (shards > 1) fs::remove(claim_path(file));
       ++done_now;
       std::fprintf(stderr, "[%lld/%lld] %s seed %lld: %.2f%% at 28px, %.0f train img/s, %.0f s -> %s\n", (long long)k, (long long)total,
                    v.c_str(), (long long)seed, 100 * j["eval"]["extend"].value("28", json{{"accuracy", 0.0}})["accuracy"].get<double>(),
@@ -645,7 +683,7 @@ CLI::App* add_vit_command(CLI::App& app) {
   g_sweep_cmd->add_flag("--tables-only", g_tables_only, "Run nothing: rewrite <dataset>.json and .md (and the PNG with --plot-python) from the run files in --out");
   g_sweep_cmd->add_option("--jobs", g_jobs, "Runs side by side: this many copies of the sweep, each with --threads threads (e.g. --jobs 2 --threads 1)")
       ->check(CLI::Range(int64_t(1), int64_t(64)))->capture_default_str();
-  g_sweep_cmd->add_option("--shard", g_shard, "Internal (set by --jobs): run only share i of N, write no tables")->group("");
+  g_sweep_cmd->add_option("--shard", g_shard, "Internal (set by --jobs): one of N shares taking runs from the queue, writes no tables")->group("");
   g_sweep_cmd->add_option("--plot-python", g_plot_python, "Python with matplotlib (scripts/plot_env.sh): redraw <dataset>.png after each run");
   return g_vit;
 }

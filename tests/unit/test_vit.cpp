@@ -701,8 +701,8 @@ TEST(VitSweep, WritesRunsAndTablesAndResumes) {
   EXPECT_NE(none.output.find("no run files under"), std::string::npos) << none.output;
 }
 
-// --jobs 2: two single-threaded shares split the runs; every run equals the one-process sweep's (one thread
-// each, so bit for bit), and the parent writes the tables.
+// --jobs 2: two single-threaded shares take the runs from one queue (claim files), each run once; every run
+// equals the one-process sweep's (one thread each, so bit for bit), and the parent writes the tables.
 TEST(VitSweep, JobsSplitTheRunsAndMatchOneProcess) {
   REQUIRE_FMNIST();
   testing::TempDir d;
@@ -710,9 +710,15 @@ TEST(VitSweep, JobsSplitTheRunsAndMatchOneProcess) {
                           " --resolutions 28 36 --threads 1 --no-progress --out ";
   auto one = testing::run_qvl(cmd + d.file("one"));
   ASSERT_EQ(one.exit_code, 0) << one.output;
+  // a claim left by a killed sweep: the parent clears it, so that run is not skipped
+  fs::create_directories(d.file("two/runs/fashion_mnist"));
+  std::ofstream(d.file("two/runs/fashion_mnist/mixed_seed0.json.claim")) << "12345\n";
   auto two = testing::run_qvl(cmd + d.file("two") + " --jobs 2");
   ASSERT_EQ(two.exit_code, 0) << two.output;
   EXPECT_NE(two.output.find("2 shares done"), std::string::npos) << two.output;
+  EXPECT_NE(two.output.find("removing the claim a stopped sweep left"), std::string::npos) << two.output;
+  for (const auto& e : fs::directory_iterator(d.file("two/runs/fashion_mnist")))
+    EXPECT_NE(e.path().extension(), ".claim") << "claim left behind: " << e.path();
   for (const char* run : {"none_seed0.json", "axial_seed0.json", "mixed_seed0.json"}) {
     auto read = [&](const std::string& dir) {
       std::ifstream f(d.file(dir + "/runs/fashion_mnist/" + run));
