@@ -504,8 +504,18 @@ TEST(VitTrain, BatchSplitEqualsTheWholeBatchAndIsDeterministic) {
       ASSERT_EQ(a.losses.size(), whole.losses.size());
       for (size_t i = 0; i < a.losses.size(); ++i)
         EXPECT_NEAR(a.losses[i], whole.losses[i], 1e-5 * std::max(1.0, std::abs(whole.losses[i]))) << rope << " split " << k << " step " << i;
-      for (const auto& [path, t] : a.weights.flatten())
-        EXPECT_TRUE(at::allclose(t, whole.weights.tensor(path), 1e-4, 1e-5)) << rope << " split " << k << ": " << path;
+      // the trained weights, as a whole: their distance from the unsplit run's is a small part of how far
+      // training moved them (AdamW normalises each element's step, so an element whose gradient is near 0
+      // may step the other way under other rounding; a per-element tolerance would hang on that)
+      double diff2 = 0, moved2 = 0;
+      const Weights start = init(c, o.seed);
+      for (const auto& [path, t] : a.weights.flatten()) {
+        const at::Tensor w = whole.weights.tensor(path).to(at::kDouble);
+        diff2 += (t.to(at::kDouble) - w).pow(2).sum().item<double>();
+        moved2 += (w - start.tensor(path).to(at::kDouble)).pow(2).sum().item<double>();
+      }
+      std::printf("%s split %lld: |split - whole| / |whole - init| = %.3g\n", rope.c_str(), (long long)k, std::sqrt(diff2 / moved2));
+      EXPECT_LT(std::sqrt(diff2), 1e-3 * std::sqrt(moved2)) << rope << " split " << k;
       EXPECT_GT(a.forward_s, 0.0);
     }
     o.batch_threads = 1;
