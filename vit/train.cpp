@@ -58,17 +58,27 @@ struct AdamWGroup {
   }
 };
 
-// Workers for a batch split, or none when it is 1 (or off the CPU): the work then runs on the caller.
-std::unique_ptr<Workers> make_workers(int64_t batch_threads, const at::Device& dev) {
-  if (batch_threads <= 1 || !dev.is_cpu()) return nullptr;
-  return std::make_unique<Workers>(batch_threads, std::max(1, at::get_num_threads() / int(batch_threads)));
-}
-void run_shares(Workers* w, const std::function<void(int64_t)>& job) {
-  if (w)
-    w->run(job);
-  else
-    job(0);
-}
+// The batch split of one loop: how many shares a batch of up to `rows` goes into (batch_threads on the CPU,
+// at most one per row; 1 elsewhere), and the workers that run them, each with an equal part of the caller's
+// threads. With one share there are no workers and the job runs on the caller.
+class BatchSplit {
+ public:
+  BatchSplit(int64_t batch_threads, int64_t rows, const at::Device& dev)
+      : shares_(dev.is_cpu() ? std::max<int64_t>(1, std::min(batch_threads, rows)) : 1) {
+    if (shares_ > 1) workers_ = std::make_unique<Workers>(shares_, std::max(1, at::get_num_threads() / int(shares_)));
+  }
+  int64_t shares() const { return shares_; }
+  void run(const std::function<void(int64_t)>& job) {
+    if (workers_)
+      workers_->run(job);
+    else
+      job(0);
+  }
+
+ private:
+  int64_t shares_;
+  std::unique_ptr<Workers> workers_;
+};
 
 // One share of a training step: its loss weighted by its part of the batch, and that loss's gradients.
 struct ShareStep {
@@ -160,8 +170,8 @@ TrainResult train(const VitConfig& c, const Dataset& data, const TrainOptions& o
     tables = rope_tables(r.weights, c, c.grid(), c.grid(), Positions::Extend);
     r.rope.build_s += now_s() - t0;
   }
-  const int64_t shares = dev.is_cpu() ? std::max<int64_t>(1, std::min(o.batch_threads, local)) : 1;
-  std::unique_ptr<Workers> workers = make_workers(shares, dev);
+  BatchSplit split(o.batch_threads, local, dev);
+  const int64_t shares = split.shares();
   std::vector<ShareStep> parts(static_cast<size_t>(shares));
   Progress bar(o.label, total, o.progress && rank == 0);
   const double t_start = now_s();
@@ -179,7 +189,7 @@ TrainResult train(const VitConfig& c, const Dataset& data, const TrainOptions& o
       }
       const double lr = lr_at(o, step, total);
       const at::Tensor x = normalise(imgs, dev), y = labels.to(dev);
-      run_shares(workers.get(), [&](int64_t i) {
+      split.run([&](int64_t i) {
         const auto [b, e] = share_range(local, shares, i);
         ShareStep& st = parts[size_t(i)];
         st = ShareStep();
@@ -253,8 +263,8 @@ EvalResult evaluate(const Weights& w, const VitConfig& c, const Dataset& data, i
     throw std::runtime_error("vit eval: resolution " + std::to_string(resolution) + " is not a multiple of the patch " + std::to_string(c.patch));
   const int64_t g = resolution / c.patch, N = data.size();
   RopeTables tables = c.rope.rotary() ? rope_tables(wd, c, g, g, mode) : RopeTables();
-  const int64_t shares = dev.is_cpu() ? std::max<int64_t>(1, std::min(batch_threads, batch)) : 1;
-  std::unique_ptr<Workers> workers = make_workers(shares, dev);
+  BatchSplit split(batch_threads, batch, dev);
+  const int64_t shares = split.shares();
   std::vector<at::Tensor> parts(static_cast<size_t>(shares));
   Progress bar(label, N, progress);
   EvalResult r;
@@ -265,7 +275,7 @@ EvalResult evaluate(const Weights& w, const VitConfig& c, const Dataset& data, i
     const int64_t e = std::min(N, s + batch);
     at::Tensor x = resize_to(data.images.slice(0, s, e).to(dev).to(at::kFloat), resolution).div_(127.5).sub_(1.0);
     at::Tensor y = data.labels.slice(0, s, e).to(dev);
-    run_shares(workers.get(), [&](int64_t i) {
+    split.run([&](int64_t i) {
       c10::NoGradGuard worker_ng;  // grad mode is per thread
       const auto [b0, e0] = share_range(x.size(0), shares, i);
       parts[size_t(i)] = b0 < e0 ? forward(wd, c, x.slice(0, b0, e0), mode, tables) : at::Tensor();

@@ -112,13 +112,12 @@ at::Tensor apply_block_rope(const at::Tensor& x, const at::Tensor& blocks) {
   const int64_t nb = blocks.size(-3), b = blocks.size(-1), rot = nb * b, D = x.size(-1);
   // partial rotary: channels [0, nb*b) are rotated, the rest [nb*b, D) pass through unchanged
   at::Tensor xr = rot == D ? x : x.narrow(-1, 0, rot);
-  const int64_t M = x.size(-2);
-  if (blocks.dim() == 4 && blocks.size(0) == M && x.dim() >= 3) {
+  if (blocks.dim() == 4 && blocks.size(0) == x.size(-2) && x.dim() >= 3) {
     // One set of blocks per position, shared by every leading row of x (the batch and heads): per position, one
     // GEMM of the rows [R, nb*b] with the transposed block-diagonal matrix. The zeros off the blocks add
     // nothing, so this is the same sum per channel as the b x b products below, without broadcasting the
     // blocks over the rows (1.6-2.7x as fast forward+backward at a ViT's sizes, bench/bench_vit_kernels.py).
-    const int64_t R = xr.numel() / (M * rot);
+    const int64_t M = x.size(-2), R = xr.numel() / (M * rot);
     at::Tensor xm = xr.to(blocks.scalar_type()).reshape({R, M, rot}).transpose(0, 1);  // [M, R, nb*b]
     at::Tensor y = at::matmul(xm, block_diag_dense(blocks).transpose(-1, -2));         // [M, R, nb*b]
     y = y.transpose(0, 1).reshape(xr.sizes()).to(x.scalar_type());
